@@ -1,0 +1,259 @@
+"""Flat vectors of a module's parameters and gradients.
+
+Every function here walks ``module.parameters()`` in its usual order (each
+tied parameter once, frozen ones included) and treats the parameters as one
+1-D vector, each parameter flattened in row-major order. They work on any
+:class:`torch.nn.Module`; :class:`~backbone.MammothBackbone` exposes them as
+methods.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["get_grads", "get_grads_list", "get_params", "set_grads", "set_params"]
+
+
+def _parameters(module: nn.Module) -> list[nn.Parameter]:
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    return list(module.parameters())
+
+
+def _check_vector(vector: object, params: list[nn.Parameter], name: str) -> Tensor:
+    """Raise unless ``vector`` is a 1-D tensor with one element per parameter element."""
+    if not isinstance(vector, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
+    if vector.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(vector.shape)}")
+    expected = sum(p.numel() for p in params)
+    if vector.numel() != expected:
+        raise ValueError(f"{name} must have {expected} elements (one per parameter element), got {vector.numel()}")
+    return vector
+
+
+def _check_castable(vector: Tensor, params: list[nn.Parameter], name: str) -> None:
+    # copy_ would fail half-way through (complex into real, say), after some
+    # parameters were already written: refuse before touching anything.
+    for dtype in {p.dtype for p in params}:
+        if not torch.can_cast(vector.dtype, dtype):
+            raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the parameters' {dtype}")
+
+
+def _pieces(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
+    """Views of ``vector`` shaped like each parameter in turn."""
+    chunks = torch.split(vector, [p.numel() for p in params])
+    return [chunk.view(p.shape) for chunk, p in zip(chunks, params, strict=True)]
+
+
+def _common_device(params: list[nn.Parameter]) -> torch.device | None:
+    devices = {p.device for p in params}
+    return devices.pop() if len(devices) == 1 else None
+
+
+def _write(sources: list[Tensor | None], out: Tensor, params: list[nn.Parameter]) -> Tensor:
+    """Copy each source into its slice of ``out``; a missing source writes zeros."""
+    with torch.no_grad():
+        for piece, src in zip(_pieces(out, params), sources, strict=True):
+            if src is None:
+                piece.zero_()
+            else:
+                piece.copy_(src)
+    return out
+
+
+def _read(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
+    """Pieces of ``vector`` shaped like each parameter, moved once to their device."""
+    device = _common_device(params)
+    if device is not None:
+        # One transfer for the whole vector rather than one per parameter.
+        vector = vector.to(device)
+    return _pieces(vector, params)
+
+
+def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
+    """Concatenate all parameters of ``module`` into one 1-D tensor.
+
+    Without ``out`` the result is differentiable: a loss computed from it
+    sends gradients back to the parameters (as an EWC penalty needs).
+
+    Args:
+        module: the module whose parameters are read.
+        out: a 1-D tensor with one element per parameter element to write
+            into instead of allocating; no autograd graph is recorded.
+
+    Returns:
+        The flat parameter vector (``out`` itself when given).
+
+    Raises:
+        TypeError: ``module`` is not a module or ``out`` is not a tensor.
+        ValueError: ``out`` is not 1-D or has the wrong number of elements.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from backbone import get_params
+        >>> layer = nn.Linear(3, 2)
+        >>> get_params(layer).shape
+        torch.Size([8])
+        >>> get_params(layer).requires_grad
+        True
+        >>> buffer = torch.empty(8)
+        >>> get_params(layer, out=buffer) is buffer
+        True
+    """
+    params = _parameters(module)
+    if out is not None:
+        return _write(list(params), _check_vector(out, params, "out"), params)
+    if not params:
+        return torch.empty(0)
+    return torch.cat([p.reshape(-1) for p in params])
+
+
+def set_params(module: nn.Module, new_params: Tensor) -> None:
+    """Copy a flat vector into the parameters of ``module``, in place.
+
+    The parameter objects stay the same (optimizers and hooks keep working) and
+    nothing aliases ``new_params``: each piece is copied, converted to the
+    parameter's dtype and device. The vector is checked before anything is
+    written.
+
+    Args:
+        module: the module whose parameters are overwritten.
+        new_params: a 1-D tensor with one element per parameter element, in
+            the order of :func:`get_params`.
+
+    Raises:
+        TypeError: ``new_params`` is not a tensor, or its dtype cannot be cast
+            to a parameter's dtype.
+        ValueError: ``new_params`` is not 1-D or has the wrong number of elements.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from backbone import get_params, set_params
+        >>> layer = nn.Linear(3, 2)
+        >>> set_params(layer, torch.arange(8.0))
+        >>> layer.bias
+        Parameter containing:
+        tensor([6., 7.], requires_grad=True)
+    """
+    params = _parameters(module)
+    _check_vector(new_params, params, "new_params")
+    _check_castable(new_params, params, "new_params")
+    with torch.no_grad():
+        for p, piece in zip(params, _read(new_params, params), strict=True):
+            p.copy_(piece)
+
+
+def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
+    """Concatenate all gradients of ``module`` into one 1-D tensor.
+
+    The layout is that of :func:`get_params`. A parameter whose ``.grad`` is
+    ``None`` (frozen, unused in the last backward, or before any backward)
+    contributes zeros. The result is detached from any graph.
+
+    Args:
+        module: the module whose gradients are read.
+        out: a 1-D tensor with one element per parameter element to write
+            into instead of allocating.
+
+    Returns:
+        The flat gradient vector (``out`` itself when given).
+
+    Raises:
+        TypeError: ``module`` is not a module or ``out`` is not a tensor.
+        ValueError: ``out`` is not 1-D or has the wrong number of elements.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from backbone import get_grads
+        >>> layer = nn.Linear(3, 2)
+        >>> get_grads(layer)
+        tensor([0., 0., 0., 0., 0., 0., 0., 0.])
+        >>> layer(torch.ones(1, 3)).sum().backward()
+        >>> get_grads(layer)
+        tensor([1., 1., 1., 1., 1., 1., 1., 1.])
+    """
+    params = _parameters(module)
+    if out is None:
+        if not params:
+            return torch.empty(0)
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
+        out = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
+    else:
+        _check_vector(out, params, "out")
+    return _write([p.grad for p in params], out, params)
+
+
+def set_grads(module: nn.Module, new_grads: Tensor) -> None:
+    """Copy a flat vector into the gradients of ``module``.
+
+    Each ``.grad`` is overwritten in place, or created (in the parameter's
+    dtype, device and layout) where it is ``None``. Nothing aliases
+    ``new_grads``: a later backward accumulates into ``.grad`` and leaves the
+    caller's tensor alone. The vector is checked before anything is written.
+
+    Args:
+        module: the module whose gradients are overwritten.
+        new_grads: a 1-D tensor with one element per parameter element, in
+            the order of :func:`get_params`.
+
+    Raises:
+        TypeError: ``new_grads`` is not a tensor, or its dtype cannot be cast
+            to a parameter's dtype.
+        ValueError: ``new_grads`` is not 1-D or has the wrong number of elements.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from backbone import set_grads
+        >>> layer = nn.Linear(3, 2)
+        >>> set_grads(layer, torch.arange(8.0))
+        >>> layer.bias.grad
+        tensor([6., 7.])
+    """
+    params = _parameters(module)
+    _check_vector(new_grads, params, "new_grads")
+    _check_castable(new_grads, params, "new_grads")
+    with torch.no_grad():
+        for p, piece in zip(params, _read(new_grads, params), strict=True):
+            if p.grad is None:
+                p.grad = torch.empty_like(p)
+            p.grad.copy_(piece)
+
+
+def get_grads_list(module: nn.Module) -> list[Tensor]:
+    """Return one flat gradient per parameter, in the order of :func:`get_params`.
+
+    Each entry is a fresh 1-D tensor in its parameter's dtype (zeros where
+    ``.grad`` is ``None``), so ``torch.cat(get_grads_list(m))`` equals
+    ``get_grads(m)``.
+
+    Args:
+        module: the module whose gradients are read.
+
+    Returns:
+        A list with one 1-D tensor per parameter.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from backbone import get_grads, get_grads_list
+        >>> layer = nn.Linear(3, 2)
+        >>> [g.shape for g in get_grads_list(layer)]
+        [torch.Size([6]), torch.Size([2])]
+        >>> torch.equal(torch.cat(get_grads_list(layer)), get_grads(layer))
+        True
+    """
+    grads = []
+    for p in _parameters(module):
+        if p.grad is None:
+            grads.append(torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
+        else:
+            grads.append(p.grad.detach().clone(memory_format=torch.contiguous_format).view(-1))
+    return grads

@@ -1,0 +1,5 @@
+"""Reference backbones."""
+
+from backbone.models.mlp import MNISTMLP
+
+__all__ = ["MNISTMLP"]
