@@ -286,7 +286,7 @@ class MammothBackbone(nn.Module):
     def get_params(self, *, out: Tensor | None = None) -> Tensor:
         """Return all parameters as one differentiable 1-D tensor.
 
-        See :func:`backbone.flat.get_params`.
+        See :func:`backbone.get_params`.
 
         Example:
             >>> import torch
@@ -304,7 +304,7 @@ class MammothBackbone(nn.Module):
     def set_params(self, new_params: Tensor) -> None:
         """Copy a flat vector into the parameters, in place.
 
-        See :func:`backbone.flat.set_params`.
+        See :func:`backbone.set_params`.
 
         Example:
             >>> import torch
@@ -323,7 +323,7 @@ class MammothBackbone(nn.Module):
     def get_grads(self, *, out: Tensor | None = None) -> Tensor:
         """Return all gradients as one 1-D tensor, zeros where there is none.
 
-        See :func:`backbone.flat.get_grads`.
+        See :func:`backbone.get_grads`.
 
         Example:
             >>> import torch
@@ -338,7 +338,7 @@ class MammothBackbone(nn.Module):
     def set_grads(self, new_grads: Tensor) -> None:
         """Copy a flat vector into the gradients, creating them where missing.
 
-        See :func:`backbone.flat.set_grads`.
+        See :func:`backbone.set_grads`.
 
         Example:
             >>> import torch
@@ -353,7 +353,7 @@ class MammothBackbone(nn.Module):
     def get_grads_list(self) -> list[Tensor]:
         """Return one flat gradient per parameter.
 
-        See :func:`backbone.flat.get_grads_list`.
+        See :func:`backbone.get_grads_list`.
 
         Example:
             >>> from backbone import MNISTMLP
