@@ -10,9 +10,18 @@ Example:
 """
 
 from backbone.base import RETURN_TYPES, BackboneOutput, MammothBackbone, ReturnType, check_returnt
+from backbone.check import ContractError, RuleResult, check_backbone
 from backbone.flat import get_grads, get_grads_list, get_params, set_grads, set_params
 from backbone.init import xavier
-from backbone.models import MNISTMLP
+from backbone.models import MNISTMLP, ResNet, reduced_resnet18, resnet18, resnet34, resnet50
+from backbone.registry import (
+    RegisteredBackbone,
+    get_backbone,
+    list_backbones,
+    register_backbone,
+    registered,
+    unregister_backbone,
+)
 from backbone.shapes import num_flat_features
 
 __version__ = "0.1.0"
@@ -21,14 +30,28 @@ __all__ = [
     "MNISTMLP",
     "RETURN_TYPES",
     "BackboneOutput",
+    "ContractError",
     "MammothBackbone",
+    "RegisteredBackbone",
+    "ResNet",
     "ReturnType",
+    "RuleResult",
+    "check_backbone",
     "check_returnt",
+    "get_backbone",
     "get_grads",
     "get_grads_list",
     "get_params",
+    "list_backbones",
     "num_flat_features",
+    "reduced_resnet18",
+    "register_backbone",
+    "registered",
+    "resnet18",
+    "resnet34",
+    "resnet50",
     "set_grads",
     "set_params",
+    "unregister_backbone",
     "xavier",
 ]

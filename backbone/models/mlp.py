@@ -6,10 +6,12 @@ from torch import Tensor, nn
 
 from backbone.base import MammothBackbone
 from backbone.init import xavier
+from backbone.registry import register_backbone
 
 __all__ = ["MNISTMLP"]
 
 
+@register_backbone("mnistmlp", example_kwargs={"input_size": 784, "output_size": 10}, example_input_shape=(1, 28, 28))
 class MNISTMLP(MammothBackbone):
     """Two hidden ReLU layers and a linear classifier, initialised with :func:`~backbone.xavier`.
 

@@ -1,0 +1,188 @@
+"""``python -m backbone``: list the registered backbones, or check one."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from backbone.base import MammothBackbone
+from backbone.check import ContractError, RuleResult, check_backbone
+from backbone.registry import get_backbone, list_backbones, registered
+
+__all__ = ["main"]
+
+_MARKS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "x".join(str(d) for d in t.shape[1:]) or "-"
+
+
+def _list() -> int:
+    rows = [("name", "parameters", "input", "out", "features", "stages")]
+    for name in list_backbones():
+        entry = registered(name)
+        net = get_backbone(name, **entry.example_kwargs).eval()
+        count = f"{sum(p.numel() for p in net.parameters()):,}"
+        if entry.example_input_shape is None:
+            rows.append((name, count, "-", "-", "-", "-"))
+            continue
+        x = torch.zeros(1, *entry.example_input_shape)
+        with torch.no_grad():
+            logits, features = net(x, returnt="both")
+            _, stages = net(x, returnt="full")
+        stage_shapes = ", ".join(_shape(s) for s in stages)
+        rows.append((name, count, _shape(x), _shape(logits), _shape(features), stage_shapes))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    print("\nShapes leave out the batch dimension; each backbone built with its example arguments.")
+    return 0
+
+
+def _int_tuple(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive ints such as 3,32,32, got {text!r}"
+        ) from None
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive ints such as 3,32,32, got {text!r}")
+    return shape
+
+
+def _kwargs(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"num_classes\": 10}}', got {text!r}")
+    return value
+
+
+def _build(target: str, kwargs: dict[str, Any], parser: argparse.ArgumentParser) -> tuple[torch.nn.Module, str]:
+    """Build the backbone named by ``target``: MODULE:ATTR, or a registered name."""
+    if ":" not in target:
+        try:
+            entry = registered(target)
+            return get_backbone(target, **{**entry.example_kwargs, **kwargs}), entry.name
+        except (ValueError, TypeError) as error:
+            parser.error(f"{error} (give MODULE:ATTR for your own backbone)")
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        parser.error(f"expected MODULE:ATTR such as mypackage.nets:MyNet, got {target!r}")
+    # Let a module in the current directory be found, as `python -m` users expect.
+    sys.path.insert(0, os.getcwd())
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as error:
+        parser.error(f"cannot load {target!r}: {error}")
+    if isinstance(obj, torch.nn.Module):
+        if kwargs:
+            parser.error(f"{target!r} is already a module; --kwargs applies to classes and factories")
+        return obj, target
+    if not callable(obj):
+        parser.error(f"{target!r} is a {type(obj).__name__}, not a backbone class, factory or instance")
+    try:
+        net = obj(**kwargs)
+    except TypeError as error:
+        parser.error(f"cannot build {target!r} with --kwargs {json.dumps(kwargs)}: {error}")
+    if not isinstance(net, torch.nn.Module):
+        parser.error(f"{target!r} returned a {type(net).__name__}, not a torch.nn.Module")
+    return net, target
+
+
+def _print_results(results: list[RuleResult]) -> None:
+    for result in results:
+        line = f"{_MARKS[result.status]}  {result.rule}"
+        print(f"{line}: {result.detail}" if result.detail else line)
+
+
+def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    net, label = _build(args.target, args.kwargs, parser)
+    shape = args.input_shape
+    if shape is None:
+        entry = registered(label) if ":" not in args.target else None
+        shape = entry.example_input_shape if entry and entry.example_input_shape else (3, 32, 32)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, *shape)
+    if not isinstance(net, MammothBackbone):
+        print(f"note: {type(net).__name__} does not inherit from backbone.MammothBackbone")
+    print(f"Checking {label} on an input of shape {tuple(x.shape)}")
+    try:
+        results = check_backbone(net, x)
+    except ContractError as error:
+        _print_results(error.results)
+        failed = sum(not r.passed for r in error.results)
+        print(f"\n{failed} of {len(error.results)} rules broken")
+        return 1
+    _print_results(results)
+    print(f"\nall {len(results)} rules hold")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backbone", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("list", help="the registered backbones, with parameter counts and output shapes")
+    check = commands.add_parser("check", help="check a backbone against the contract; exit 1 if a rule fails")
+    check.add_argument("target", help="MODULE:ATTR (a class, factory or instance) or a registered name")
+    check.add_argument(
+        "--input-shape",
+        type=_int_tuple,
+        default=None,
+        metavar="C,H,W",
+        help="shape of one input sample (default: the registered example, else 3,32,32)",
+    )
+    check.add_argument(
+        "--kwargs",
+        type=_kwargs,
+        default={},
+        metavar="JSON",
+        help="keyword arguments for the class or factory, as a JSON object",
+    )
+    check.add_argument(
+        "--batch-size", type=int, default=4, metavar="B", help="batch size of the example input (default 4)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status.
+
+    Exit status 0: success; 1: the checked backbone broke a rule; 2: a usage
+    error (argparse prints the message).
+
+    Args:
+        argv: the arguments after ``python -m backbone``; ``sys.argv[1:]`` when None.
+
+    Returns:
+        The exit status.
+
+    Example:
+        >>> from backbone.cli import main
+        >>> main(["check", "mnistmlp"])  # doctest: +ELLIPSIS
+        Checking mnistmlp on an input of shape (4, 1, 28, 28)
+        PASS  returnt='out' gives logits [B, C], the default
+        ...
+        all 11 rules hold
+        0
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        return _list()
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    return _check(args, parser)

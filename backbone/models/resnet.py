@@ -1,0 +1,264 @@
+"""CIFAR-style ResNets, as continual learning uses them.
+
+Unlike the ImageNet ResNets of torchvision, the stem is a single 3x3 stride-1
+convolution with no max-pool, so a 32x32 input keeps its resolution through
+the first stage.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from backbone.base import MammothBackbone
+from backbone.registry import register_backbone
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNet", "reduced_resnet18", "resnet18", "resnet34", "resnet50"]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
+
+
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
+    if stride == 1 and in_planes == out_planes:
+        return nn.Identity()
+    return nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a residual connection (ResNet-18 and -34).
+
+    Args:
+        in_planes: input channels.
+        planes: output channels (times :attr:`expansion`, which is 1).
+        stride: stride of the first convolution.
+
+    Example:
+        >>> import torch
+        >>> from backbone.models.resnet import BasicBlock
+        >>> BasicBlock(16, 32, stride=2)(torch.zeros(2, 16, 8, 8)).shape
+        torch.Size([2, 32, 4, 4])
+    """
+
+    expansion: ClassVar[int] = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1, 3x3 and 1x1 convolutions with a residual connection (ResNet-50).
+
+    The stride sits on the 3x3 convolution, as in torchvision.
+
+    Args:
+        in_planes: input channels.
+        planes: channels of the inner convolutions; the block outputs
+            ``planes * expansion`` (4) channels.
+        stride: stride of the 3x3 convolution.
+
+    Example:
+        >>> import torch
+        >>> from backbone.models.resnet import Bottleneck
+        >>> Bottleneck(16, 8, stride=2)(torch.zeros(2, 16, 8, 8)).shape
+        torch.Size([2, 32, 4, 4])
+    """
+
+    expansion: ClassVar[int] = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = conv1x1(in_planes, planes)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = conv3x3(planes, planes, stride)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = conv1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+class ResNet(MammothBackbone):
+    """A CIFAR-style ResNet: 3x3 stem, four stages, global average pooling, linear classifier.
+
+    Stage ``i`` (from 1) has ``num_filters * 2**(i-1) * block.expansion``
+    channels; stages 2 to 4 halve the resolution. ``returnt='full'`` gives
+    ``(logits, [stem, stage1, stage2, stage3, stage4])``; for a 32x32 input
+    their spatial sizes are 32, 32, 16, 8 and 4.
+
+    Args:
+        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        layers: the number of blocks in each of the four stages.
+        num_classes: the number of logits.
+        num_filters: the channels of the stem and the first stage.
+        in_channels: the channels of the input images.
+
+    Raises:
+        ValueError: a count is not a positive int, or ``layers`` does not
+            have four entries.
+
+    Example:
+        >>> import torch
+        >>> from backbone import ResNet
+        >>> from backbone.models.resnet import BasicBlock
+        >>> net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=5, num_filters=8)
+        >>> logits, stages = net(torch.zeros(2, 3, 32, 32), returnt="full")
+        >>> logits.shape, [s.shape[-1] for s in stages]
+        (torch.Size([2, 5]), [32, 32, 16, 8, 4])
+        >>> net.feature_dim
+        64
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        num_classes: int,
+        num_filters: int = 64,
+        in_channels: int = 3,
+    ) -> None:
+        if len(layers) != 4:
+            raise ValueError(f"layers must give the number of blocks of 4 stages, got {list(layers)!r}")
+        _check_positive(num_classes=num_classes, num_filters=num_filters, in_channels=in_channels)
+        for count in layers:
+            _check_positive(layers=count)
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_filters = num_filters
+        self.conv1 = conv3x3(in_channels, num_filters)
+        self.bn1 = nn.BatchNorm2d(num_filters)
+        self._in_planes = num_filters
+        self.layer1 = self._make_stage(block, num_filters, layers[0], stride=1)
+        self.layer2 = self._make_stage(block, num_filters * 2, layers[1], stride=2)
+        self.layer3 = self._make_stage(block, num_filters * 4, layers[2], stride=2)
+        self.layer4 = self._make_stage(block, num_filters * 8, layers[3], stride=2)
+        self.feature_dim = num_filters * 8 * block.expansion
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def _make_stage(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int) -> nn.Sequential:
+        stage = []
+        for s in [stride] + [1] * (blocks - 1):
+            stage.append(block(self._in_planes, planes, s))
+            self._in_planes = planes * block.expansion
+        return nn.Sequential(*stage)
+
+    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Return the pooled features and the stem and stage outputs.
+
+        Example:
+            >>> import torch
+            >>> from backbone import resnet18
+            >>> features, stages = resnet18(10, num_filters=4).forward_intermediates(torch.zeros(2, 3, 32, 32))
+            >>> features.shape, len(stages)
+            (torch.Size([2, 32]), 5)
+        """
+        stem = F.relu(self.bn1(self.conv1(x)))
+        stage1 = self.layer1(stem)
+        stage2 = self.layer2(stage1)
+        stage3 = self.layer3(stage2)
+        stage4 = self.layer4(stage3)
+        features = F.adaptive_avg_pool2d(stage4, 1).flatten(1)
+        return features, [stem, stage1, stage2, stage3, stage4]
+
+
+@register_backbone("resnet18", example_kwargs={"num_classes": 10}, example_input_shape=(3, 32, 32))
+def resnet18(num_classes: int, num_filters: int = 64) -> ResNet:
+    """ResNet-18 (basic blocks, 2-2-2-2); 11,173,962 parameters for 10 classes.
+
+    Args:
+        num_classes: the number of logits.
+        num_filters: the channels of the first stage.
+
+    Returns:
+        The backbone.
+
+    Example:
+        >>> from backbone import resnet18
+        >>> sum(p.numel() for p in resnet18(10).parameters())
+        11173962
+    """
+    return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, num_filters)
+
+
+@register_backbone("reduced-resnet18", example_kwargs={"num_classes": 10}, example_input_shape=(3, 32, 32))
+def reduced_resnet18(num_classes: int) -> ResNet:
+    """The reduced ResNet-18 of GEM: :func:`resnet18` with 20 filters; 1,094,750 parameters for 10 classes.
+
+    Args:
+        num_classes: the number of logits.
+
+    Returns:
+        The backbone.
+
+    Example:
+        >>> from backbone import reduced_resnet18
+        >>> sum(p.numel() for p in reduced_resnet18(10).parameters())
+        1094750
+    """
+    return resnet18(num_classes, num_filters=20)
+
+
+@register_backbone("resnet34", example_kwargs={"num_classes": 10}, example_input_shape=(3, 32, 32))
+def resnet34(num_classes: int, num_filters: int = 64) -> ResNet:
+    """ResNet-34 (basic blocks, 3-4-6-3); 21,282,122 parameters for 10 classes.
+
+    Args:
+        num_classes: the number of logits.
+        num_filters: the channels of the first stage.
+
+    Returns:
+        The backbone.
+
+    Example:
+        >>> from backbone import resnet34
+        >>> sum(p.numel() for p in resnet34(10).parameters())
+        21282122
+    """
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, num_filters)
+
+
+@register_backbone("resnet50", example_kwargs={"num_classes": 10}, example_input_shape=(3, 32, 32))
+def resnet50(num_classes: int, num_filters: int = 64) -> ResNet:
+    """ResNet-50 (bottleneck blocks, 3-4-6-3); 23,520,842 parameters for 10 classes.
+
+    Args:
+        num_classes: the number of logits.
+        num_filters: the inner channels of the first stage (its output has four times as many).
+
+    Returns:
+        The backbone.
+
+    Example:
+        >>> from backbone import resnet50
+        >>> sum(p.numel() for p in resnet50(10).parameters())
+        23520842
+    """
+    return ResNet(Bottleneck, [3, 4, 6, 3], num_classes, num_filters)

@@ -1,0 +1,237 @@
+"""Backbones by name.
+
+Names are case-insensitive and ``_`` equals ``-``: ``"Reduced_ResNet18"``
+and ``"reduced-resnet18"`` are the same name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from backbone.base import MammothBackbone
+
+__all__ = [
+    "RegisteredBackbone",
+    "get_backbone",
+    "list_backbones",
+    "register_backbone",
+    "registered",
+    "unregister_backbone",
+]
+
+Builder = TypeVar("Builder", bound=Callable[..., MammothBackbone])
+
+
+@dataclass(frozen=True)
+class RegisteredBackbone:
+    """A registry entry: how to build a backbone, and an example to show it with.
+
+    Attributes:
+        name: the normalised name.
+        builder: the class or factory.
+        example_kwargs: keyword arguments that build a typical instance.
+        example_input_shape: the shape of one input sample for that instance.
+
+    Example:
+        >>> from backbone import registered
+        >>> entry = registered("resnet18")
+        >>> entry.name, entry.example_input_shape
+        ('resnet18', (3, 32, 32))
+    """
+
+    name: str
+    builder: Callable[..., MammothBackbone]
+    example_kwargs: dict[str, Any] = field(default_factory=dict)
+    example_input_shape: tuple[int, ...] | None = None
+
+
+_REGISTRY: dict[str, RegisteredBackbone] = {}
+
+
+def _normalise(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a backbone name must be a str, got {type(name).__name__}")
+    return name.strip().lower().replace("_", "-")
+
+
+def register_backbone(
+    name: str,
+    *,
+    example_kwargs: dict[str, Any] | None = None,
+    example_input_shape: tuple[int, ...] | None = None,
+) -> Callable[[Builder], Builder]:
+    """Register a :class:`~backbone.MammothBackbone` subclass or a factory under ``name``.
+
+    Use it as a decorator; the decorated object is returned unchanged.
+
+    Args:
+        name: the name to register (case-insensitive, ``_`` equals ``-``).
+        example_kwargs: keyword arguments for a typical instance, used by
+            ``python -m backbone list``.
+        example_input_shape: the shape of one sample for that instance.
+
+    Returns:
+        The decorator.
+
+    Raises:
+        ValueError: the name is already registered.
+        TypeError: the name is not a str, or the decorated object is a class
+            that does not derive from ``MammothBackbone`` or is not callable.
+
+    Example:
+        >>> from torch import nn
+        >>> from backbone import MNISTMLP, get_backbone, register_backbone, unregister_backbone
+        >>> @register_backbone("tiny-mlp")
+        ... def tiny_mlp(num_classes=2):
+        ...     return MNISTMLP(4, num_classes, hidden_size=3)
+        >>> get_backbone("Tiny_MLP", num_classes=5).classifier.out_features
+        5
+        >>> register_backbone("tiny-mlp")(tiny_mlp)
+        Traceback (most recent call last):
+        ...
+        ValueError: a backbone named 'tiny-mlp' is already registered
+        >>> unregister_backbone("tiny-mlp")
+    """
+    key = _normalise(name)
+    if key in _REGISTRY:
+        raise ValueError(f"a backbone named {key!r} is already registered")
+
+    def decorator(builder: Builder) -> Builder:
+        if inspect.isclass(builder) and not issubclass(builder, MammothBackbone):
+            raise TypeError(f"register_backbone expects a MammothBackbone subclass or a factory, got {builder!r}")
+        if not callable(builder):
+            raise TypeError(f"register_backbone expects a MammothBackbone subclass or a factory, got {builder!r}")
+        if key in _REGISTRY:
+            raise ValueError(f"a backbone named {key!r} is already registered")
+        shape = None if example_input_shape is None else tuple(example_input_shape)
+        _REGISTRY[key] = RegisteredBackbone(key, builder, dict(example_kwargs or {}), shape)
+        return builder
+
+    return decorator
+
+
+def registered(name: str) -> RegisteredBackbone:
+    """Return the registry entry for ``name``.
+
+    Args:
+        name: a registered name (case-insensitive, ``_`` equals ``-``).
+
+    Returns:
+        The entry.
+
+    Raises:
+        ValueError: no backbone has that name; the message lists the known
+            names and the closest match.
+
+    Example:
+        >>> from backbone import registered
+        >>> registered("MNISTMLP").example_kwargs
+        {'input_size': 784, 'output_size': 10}
+    """
+    key = _normalise(name)
+    if key not in _REGISTRY:
+        known = list_backbones()
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown backbone {name!r}; known backbones: {', '.join(known)}{hint}")
+    return _REGISTRY[key]
+
+
+def unregister_backbone(name: str) -> None:
+    """Remove ``name`` from the registry, so that it can be registered again.
+
+    Args:
+        name: a registered name (case-insensitive, ``_`` equals ``-``).
+
+    Raises:
+        ValueError: no backbone has that name.
+
+    Example:
+        >>> from backbone import MNISTMLP, list_backbones, register_backbone, unregister_backbone
+        >>> _ = register_backbone("scratch")(MNISTMLP)
+        >>> unregister_backbone("SCRATCH")
+        >>> "scratch" in list_backbones()
+        False
+    """
+    del _REGISTRY[registered(name).name]
+
+
+def _describe(parameter: inspect.Parameter) -> str:
+    if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+        return f"**{parameter.name}"
+    if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+        return f"*{parameter.name}"
+    if parameter.default is inspect.Parameter.empty:
+        return parameter.name
+    return f"{parameter.name}={parameter.default!r}"
+
+
+def list_backbones() -> list[str]:
+    """Return the registered names, sorted.
+
+    Returns:
+        The names.
+
+    Example:
+        >>> from backbone import list_backbones
+        >>> [name for name in list_backbones() if "resnet" in name]
+        ['reduced-resnet18', 'resnet18', 'resnet34', 'resnet50']
+    """
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name: str, **kwargs: Any) -> MammothBackbone:
+    """Build the backbone registered under ``name``.
+
+    Args:
+        name: a registered name (case-insensitive, ``_`` equals ``-``).
+        **kwargs: passed to the class or factory.
+
+    Returns:
+        The new backbone.
+
+    Raises:
+        ValueError: no backbone has that name; the message lists the known
+            names and the closest match.
+        TypeError: the keyword arguments do not fit the class or factory; the
+            message names the ones it accepts.
+
+    Example:
+        >>> from backbone import get_backbone
+        >>> net = get_backbone("resnet18", num_classes=100)
+        >>> net.classifier.out_features
+        100
+        >>> get_backbone("resnet81", num_classes=10)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown backbone 'resnet81'; known backbones: mnistmlp, ...; did you mean 'resnet18'?
+        >>> get_backbone("resnet18", classes=10)
+        Traceback (most recent call last):
+        ...
+        TypeError: resnet18 accepts num_classes, num_filters=64; got unexpected keyword arguments ['classes']
+        >>> get_backbone("resnet18")
+        Traceback (most recent call last):
+        ...
+        TypeError: resnet18 accepts num_classes, num_filters=64; missing a required argument: 'num_classes'
+    """
+    entry = registered(name)
+    parameters = inspect.signature(entry.builder).parameters
+    accepted = ", ".join(_describe(p) for p in parameters.values())
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unexpected = [] if takes_any else [k for k in kwargs if k not in parameters]
+    if unexpected:
+        raise TypeError(f"{entry.name} accepts {accepted}; got unexpected keyword arguments {unexpected}")
+    try:
+        inspect.signature(entry.builder).bind(**kwargs)
+    except TypeError as error:
+        raise TypeError(f"{entry.name} accepts {accepted}; {error}") from None
+    net = entry.builder(**kwargs)
+    if not isinstance(net, MammothBackbone):
+        raise TypeError(
+            f"the factory registered as {entry.name!r} returned {type(net).__name__}, not a MammothBackbone"
+        )
+    return net
