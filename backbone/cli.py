@@ -137,6 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("list", help="the registered backbones, with parameter counts and output shapes")
     check = commands.add_parser("check", help="check a backbone against the contract; exit 1 if a rule fails")
+    check.set_defaults(parser=check)
     check.add_argument("target", help="MODULE:ATTR (a class, factory or instance) or a registered name")
     check.add_argument(
         "--input-shape",
@@ -184,5 +185,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         return _list()
     if args.batch_size < 1:
-        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    return _check(args, parser)
+        args.parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    return _check(args, args.parser)

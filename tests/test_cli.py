@@ -1,0 +1,142 @@
+"""python -m backbone list / check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from backbone.cli import main
+
+USER_MODULE = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+    from backbone import MammothBackbone, check_returnt
+
+
+    class Good(MammothBackbone):
+        def __init__(self, width=6, num_classes=3):
+            super().__init__()
+            self.body = nn.Conv2d(3, width, 3, padding=1)
+            self.classifier = nn.Linear(width, num_classes)
+            self.feature_dim = width
+
+        def forward_intermediates(self, x):
+            h = self.body(x).relu()
+            return h.mean(dim=(2, 3)), [h]
+
+
+    class Lenient(Good):
+        def forward(self, x, returnt="out"):
+            return super().forward(x, "out" if returnt not in ("features", "both", "full") else returnt)
+
+
+    def make_good(num_classes=3):
+        return Good(num_classes=num_classes)
+
+
+    instance = Good()
+    not_a_backbone = 42
+    """
+)
+
+
+@pytest.fixture
+def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    (tmp_path / "user_nets.py").write_text(USER_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    sys.modules.pop("user_nets", None)
+    return tmp_path
+
+
+def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "11,173,962" in lines["resnet18"]
+    assert "64x32x32, 64x32x32, 128x16x16, 256x8x8, 512x4x4" in lines["resnet18"]
+    assert "23,520,842" in lines["resnet50"] and " 2048 " in lines["resnet50"]
+    assert "1,094,750" in lines["reduced-resnet18"]
+    assert "89,610" in lines["mnistmlp"] and "1x28x28" in lines["mnistmlp"]
+
+
+def test_check_registered_name(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "reduced_resnet18"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("PASS  ") == 11
+    assert "all 11 rules hold" in out
+
+
+@pytest.mark.parametrize("target", ["user_nets:Good", "user_nets:make_good", "user_nets:instance"])
+def test_check_user_backbone_passes(user_dir: Path, capsys: pytest.CaptureFixture[str], target: str) -> None:
+    assert main(["check", target, "--input-shape", "3,8,8"]) == 0
+    assert "all 11 rules hold" in capsys.readouterr().out
+
+
+def test_check_user_backbone_with_kwargs(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "user_nets:Good", "--kwargs", '{"width": 4, "num_classes": 7}', "--batch-size", "2"]) == 0
+    assert "input of shape (2, 3, 32, 32)" in capsys.readouterr().out
+
+
+def test_check_broken_backbone_exits_1(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "user_nets:Lenient", "--input-shape", "3,8,8"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  an unknown returnt raises ValueError: returned Tensor of shape (4, 3)" in out
+    assert out.count("PASS  ") == 10
+    assert "1 of 11 rules broken" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["check", "user_nets:Missing"], "cannot load 'user_nets:Missing'"),
+        (["check", "no_such_module:Net"], "No module named 'no_such_module'"),
+        (["check", "user_nets:"], "expected MODULE:ATTR"),
+        (["check", "user_nets:not_a_backbone"], "is a int, not a backbone class"),
+        (["check", "user_nets:Good", "--kwargs", "{width: 4}"], "expected a JSON object"),
+        (["check", "user_nets:Good", "--kwargs", "[1]"], "expected a JSON object"),
+        (["check", "user_nets:Good", "--kwargs", '{"depth": 4}'], "unexpected keyword argument 'depth'"),
+        (["check", "user_nets:instance", "--kwargs", '{"width": 4}'], "already a module"),
+        (["check", "user_nets:Good", "--input-shape", "3,x"], "comma-separated positive ints"),
+        (["check", "user_nets:Good", "--input-shape", "0,8"], "comma-separated positive ints"),
+        (["check", "user_nets:Good", "--batch-size", "0"], "--batch-size must be at least 1"),
+        (["check", "resnet81"], "did you mean 'resnet18'"),
+        (["check", "resnet18", "--kwargs", '{"classes": 3}'], "accepts num_classes, num_filters=64"),
+        (["check"], "the following arguments are required: target"),
+        ([], "the following arguments are required: COMMAND"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_usage_errors_exit_2(user_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage:" in err
+
+
+def test_python_dash_m_entry_point(user_dir: Path) -> None:
+    ok = subprocess.run(
+        [sys.executable, "-m", "backbone", "check", "user_nets:Good", "--input-shape", "3,8,8"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "backbone", "check", "user_nets:Lenient", "--input-shape", "3,8,8"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 1 and "FAIL" in bad.stdout
+    usage = subprocess.run(
+        [sys.executable, "-m", "backbone", "check", "user_nets:Nope"], capture_output=True, text=True, check=False
+    )
+    assert usage.returncode == 2
+    assert "Traceback" not in usage.stderr and "error: cannot load" in usage.stderr
