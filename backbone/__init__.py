@@ -13,7 +13,7 @@ from backbone.base import RETURN_TYPES, BackboneOutput, MammothBackbone, ReturnT
 from backbone.check import ContractError, RuleResult, check_backbone
 from backbone.flat import get_grads, get_grads_list, get_params, set_grads, set_params
 from backbone.init import xavier
-from backbone.models import MNISTMLP, ResNet, reduced_resnet18, resnet18, resnet34, resnet50
+from backbone.models import MNISTMLP, BasicBlock, Bottleneck, ResNet, reduced_resnet18, resnet18, resnet34, resnet50
 from backbone.registry import (
     RegisteredBackbone,
     get_backbone,
@@ -30,6 +30,8 @@ __all__ = [
     "MNISTMLP",
     "RETURN_TYPES",
     "BackboneOutput",
+    "BasicBlock",
+    "Bottleneck",
     "ContractError",
     "MammothBackbone",
     "RegisteredBackbone",

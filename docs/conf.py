@@ -48,6 +48,10 @@ nitpick_ignore_regex = [
     # torch, and the typing machinery it is annotated with, have no inventory offline.
     (r"py:.*", r"(torch|nn|Tensor|Parameter)(\..*)?"),
     (r"py:.*", r"(typing\.)?(Any|Literal|TypeAlias|Union)(\[.*)?"),
+    # The standard library has no inventory offline either.
+    (r"py:.*", r"(collections\.abc|typing)\..*|Ellipsis"),
+    # A TypeVar, documented by the signature it appears in.
+    (r"py:class", r"backbone\.registry\.Builder"),
 ]
 
 doctest_global_setup = "import torch"

@@ -1,20 +1,30 @@
-"""Test configuration: CUDA-marked tests and shared fixtures.
+"""Test configuration for the CUDA- and browser-marked tests.
 
 ``BACKBONE_REQUIRE_CUDA=1`` (set by ``tox -e py311-cuda``) turns a missing GPU
 into an error instead of a skip, so the CUDA env cannot pass without running
-its GPU tests.
+its GPU tests; ``BACKBONE_REQUIRE_BROWSER=1`` (set by ``tox -e browser``) does
+the same for Chromium.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
 
 
+def _required(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
 def _cuda_required() -> bool:
-    return os.environ.get("BACKBONE_REQUIRE_CUDA", "") not in ("", "0")
+    return _required("BACKBONE_REQUIRE_CUDA")
+
+
+def _has_chromium() -> bool:
+    return any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -25,11 +35,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "Run this env on a machine with an NVIDIA GPU and a CUDA build of torch."
         )
 
+    if _required("BACKBONE_REQUIRE_BROWSER") and not _has_chromium():
+        raise pytest.UsageError(
+            "BACKBONE_REQUIRE_BROWSER is set but Chromium is missing: install Debian's chromium package "
+            "(apt-get install chromium) or put chromium on PATH."
+        )
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA: run tox -e py311-cuda on a GPU machine")
+    skips = {}
+    if not torch.cuda.is_available():
+        skips["cuda"] = pytest.mark.skip(reason="needs CUDA: run tox -e py311-cuda on a GPU machine")
+    if not _has_chromium():
+        skips["browser"] = pytest.mark.skip(reason="needs Chromium: run tox -e browser after installing it")
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)

@@ -37,12 +37,12 @@ class BasicBlock(nn.Module):
 
     Args:
         in_planes: input channels.
-        planes: output channels (times :attr:`expansion`, which is 1).
+        planes: output channels (times ``expansion``, which is 1).
         stride: stride of the first convolution.
 
     Example:
         >>> import torch
-        >>> from backbone.models.resnet import BasicBlock
+        >>> from backbone import BasicBlock
         >>> BasicBlock(16, 32, stride=2)(torch.zeros(2, 16, 8, 8)).shape
         torch.Size([2, 32, 4, 4])
     """
@@ -58,6 +58,14 @@ class BasicBlock(nn.Module):
         self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the block.
+
+        Example:
+            >>> import torch
+            >>> from backbone import BasicBlock
+            >>> BasicBlock(8, 8)(torch.zeros(1, 8, 4, 4)).shape
+            torch.Size([1, 8, 4, 4])
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return F.relu(out + self.shortcut(x))
@@ -76,7 +84,7 @@ class Bottleneck(nn.Module):
 
     Example:
         >>> import torch
-        >>> from backbone.models.resnet import Bottleneck
+        >>> from backbone import Bottleneck
         >>> Bottleneck(16, 8, stride=2)(torch.zeros(2, 16, 8, 8)).shape
         torch.Size([2, 32, 4, 4])
     """
@@ -94,6 +102,14 @@ class Bottleneck(nn.Module):
         self.shortcut = _shortcut(in_planes, planes * self.expansion, stride)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Apply the block.
+
+        Example:
+            >>> import torch
+            >>> from backbone import Bottleneck
+            >>> Bottleneck(32, 8)(torch.zeros(1, 32, 4, 4)).shape
+            torch.Size([1, 32, 4, 4])
+        """
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
@@ -115,7 +131,7 @@ class ResNet(MammothBackbone):
     their spatial sizes are 32, 32, 16, 8 and 4.
 
     Args:
-        block: :class:`BasicBlock` or :class:`Bottleneck`.
+        block: :class:`~backbone.BasicBlock` or :class:`~backbone.Bottleneck`.
         layers: the number of blocks in each of the four stages.
         num_classes: the number of logits.
         num_filters: the channels of the stem and the first stage.
@@ -128,7 +144,7 @@ class ResNet(MammothBackbone):
     Example:
         >>> import torch
         >>> from backbone import ResNet
-        >>> from backbone.models.resnet import BasicBlock
+        >>> from backbone import BasicBlock
         >>> net = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=5, num_filters=8)
         >>> logits, stages = net(torch.zeros(2, 3, 32, 32), returnt="full")
         >>> logits.shape, [s.shape[-1] for s in stages]
