@@ -54,14 +54,28 @@ def _common_device(params: list[nn.Parameter]) -> torch.device | None:
     return devices.pop() if len(devices) == 1 else None
 
 
+def _copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
+    """``d.copy_(s)`` for every pair, as few kernel launches as torch allows.
+
+    On CUDA, ``_foreach_copy_`` copies many tensors per launch, so the cost
+    does not grow with the number of parameters; where it cannot (mixed
+    dtypes or devices, the CPU) torch falls back to one ``copy_`` per pair.
+    """
+    if destinations:
+        torch._foreach_copy_(destinations, sources)
+
+
 def _write(sources: list[Tensor | None], out: Tensor, params: list[nn.Parameter]) -> Tensor:
     """Copy each source into its slice of ``out``; a missing source writes zeros."""
+    pieces = _pieces(out, params)
     with torch.no_grad():
-        for piece, src in zip(_pieces(out, params), sources, strict=True):
-            if src is None:
-                piece.zero_()
-            else:
-                piece.copy_(src)
+        _copy_all(
+            [piece for piece, src in zip(pieces, sources, strict=True) if src is not None],
+            [src for src in sources if src is not None],
+        )
+        missing = [piece for piece, src in zip(pieces, sources, strict=True) if src is None]
+        if missing:
+            torch._foreach_zero_(missing)
     return out
 
 
@@ -145,8 +159,7 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
     _check_vector(new_params, params, "new_params")
     _check_castable(new_params, params, "new_params")
     with torch.no_grad():
-        for p, piece in zip(params, _read(new_params, params), strict=True):
-            p.copy_(piece)
+        _copy_all(list(params), _read(new_params, params))
 
 
 def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
@@ -221,18 +234,19 @@ def set_grads(module: nn.Module, new_grads: Tensor) -> None:
     _check_vector(new_grads, params, "new_grads")
     _check_castable(new_grads, params, "new_grads")
     with torch.no_grad():
-        for p, piece in zip(params, _read(new_grads, params), strict=True):
+        for p in params:
             if p.grad is None:
                 p.grad = torch.empty_like(p)
-            p.grad.copy_(piece)
+        _copy_all([p.grad for p in params if p.grad is not None], _read(new_grads, params))
 
 
 def get_grads_list(module: nn.Module) -> list[Tensor]:
     """Return one flat gradient per parameter, in the order of :func:`get_params`.
 
-    Each entry is a fresh 1-D tensor in its parameter's dtype (zeros where
-    ``.grad`` is ``None``), so ``torch.cat(get_grads_list(m))`` equals
-    ``get_grads(m)``.
+    Each entry is a 1-D copy in its parameter's dtype (zeros where ``.grad``
+    is ``None``), so ``torch.cat(get_grads_list(m))`` equals ``get_grads(m)``.
+    When all parameters share a dtype and device, the entries are views of one
+    freshly allocated vector; none shares memory with a ``.grad``.
 
     Args:
         module: the module whose gradients are read.
@@ -250,10 +264,14 @@ def get_grads_list(module: nn.Module) -> list[Tensor]:
         >>> torch.equal(torch.cat(get_grads_list(layer)), get_grads(layer))
         True
     """
-    grads = []
-    for p in _parameters(module):
-        if p.grad is None:
-            grads.append(torch.zeros(p.numel(), dtype=p.dtype, device=p.device))
-        else:
-            grads.append(p.grad.detach().clone(memory_format=torch.contiguous_format).view(-1))
-    return grads
+    params = _parameters(module)
+    if len({(p.dtype, p.device) for p in params}) == 1:
+        # One allocation and one (multi-tensor) copy; the pieces are views of
+        # a fresh vector, never of the parameters' .grad.
+        return list(torch.split(get_grads(module), [p.numel() for p in params]))
+    return [
+        torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+        if p.grad is None
+        else p.grad.detach().clone(memory_format=torch.contiguous_format).view(-1)
+        for p in params
+    ]
