@@ -71,3 +71,23 @@ def test_ewc_penalty_on_cuda() -> None:
     anchor = net.get_params().detach() - 1.0
     ((net.get_params() - anchor) ** 2).sum().backward()
     torch.testing.assert_close(net.get_grads(), torch.full((numel(net),), 2.0, device=CUDA))
+
+
+def test_get_grads_list_on_cuda_is_a_copy() -> None:
+    net = TiedFrozenUnused().cuda()
+    net(torch.randn(3, 4, device=CUDA)).sum().backward()
+    grads = net.get_grads_list()
+    assert all(g.device == CUDA and g.dim() == 1 for g in grads)
+    for g in grads:
+        g.fill_(123.0)
+    assert all(p.grad is None or not bool((p.grad == 123.0).all()) for p in net.parameters())
+
+
+def test_mixed_dtypes_on_cuda() -> None:
+    net = TinyNet().cuda()
+    net.stage1.half()
+    net.set_params(torch.arange(numel(net), dtype=torch.float32))
+    assert net.stage1.weight.dtype == torch.float16
+    assert torch.equal(net.get_params().detach().cpu(), torch.arange(numel(net), dtype=torch.float32))
+    net.set_grads(torch.ones(numel(net)))
+    assert [g.dtype for g in net.get_grads_list()][:2] == [torch.float16, torch.float16]

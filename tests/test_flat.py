@@ -334,3 +334,11 @@ def test_getters_reject_bad_out_and_change_nothing(method, make, error) -> None:
 def test_functions_reject_non_modules(function: str) -> None:
     with pytest.raises(TypeError, match=r"expected a torch\.nn\.Module, got Tensor"):
         getattr(backbone, function)(torch.zeros(3))
+
+
+def test_grads_from_create_graph_come_back_detached() -> None:
+    net = TinyNet()
+    net(torch.randn(3, 4)).square().sum().backward(create_graph=True)
+    assert net.stage1.weight.grad is not None and net.stage1.weight.grad.requires_grad
+    assert not net.get_grads().requires_grad
+    assert not any(g.requires_grad for g in net.get_grads_list())
