@@ -16,6 +16,7 @@ a noisy machine. Run ``python benchmarks/flat_ops.py --help`` for options;
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import random
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -254,24 +256,45 @@ def kernel_counts(device: torch.device) -> dict[str, int]:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def fmt(us: float | None) -> str:
     return "-" if us is None else f"{us:,.0f}"
 
 
+TABLE_HEADER = ["model", "operation", "ours us", "limit", "limit us", "x limit", "torch us", "naive us"]
+
+
+def table_cells(r: Row) -> list[str]:
+    return [r.model, r.op, fmt(r.ours_us), r.limit, fmt(r.limit_us), f"{r.ratio:.2f}", fmt(r.torch_us), fmt(r.naive_us)]
+
+
 def print_table(rows: list[Row]) -> None:
-    columns = [("model", "<11"), ("operation", "<17"), ("ours us", ">9"), ("limit", ">6"), ("limit us", ">9")]
-    columns += [("x limit", ">8"), ("torch us", ">9"), ("naive us", ">9")]
-    header = " ".join(f"{name:{align}}" for name, align in columns)
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        print(
-            f"{r.model:<11} {r.op:<17} {fmt(r.ours_us):>9} {r.limit:>6} {fmt(r.limit_us):>9} {r.ratio:>8.2f} "
-            f"{fmt(r.torch_us):>9} {fmt(r.naive_us):>9}"
-        )
+    cells = [TABLE_HEADER] + [table_cells(r) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(TABLE_HEADER))]
+    for k, row in enumerate(cells):
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        if k == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
+
+
+def extra_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
+    lines = [
+        ("get_grads() extra memory / vector bytes (resnet18)", f"{result['get_grads_memory_ratio']:.3f}"),
+        ("resnet18 forward, batch 32: 'full' / 'out'", f"{result['forward_full_over_out']:.3f}"),
+        ("process import: backbone / torch", f"{result['import_backbone_over_torch']:.3f}"),
+    ]
+    for label, count in result["cuda_kernels_many_small"].items():
+        lines.append((f"CUDA kernels per call, many-small: {label}", str(count)))
+    return lines
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
@@ -288,63 +311,81 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
         ratios = [next(r.ratio for r in rows if r.model == model and r.op == op) for op in ops]
         ax.bar([j + i * width for j in range(len(ops))], ratios, width, label=model)
     ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_yscale("log")
     ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(ops))], ops, rotation=20, ha="right")
-    ax.set_ylabel("median time / copy limit")
+    ax.set_ylabel("median time / copy limit (log scale)")
     ax.set_title(title, fontsize=10)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def save(result: dict[str, Any], rows: list[Row], prefix: Path) -> None:
+    """Write PREFIX.json, PREFIX.csv (the table), PREFIX-extra.csv, PREFIX-machine.txt and PREFIX.png."""
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{prefix}-machine.txt").write_text(
+        f"Measured on {result['machine']}, {result['date']}; medians of {result['reps']} calls.\n"
+    )
+    Path(f"{prefix}.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(f"{prefix}.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(TABLE_HEADER)
+        writer.writerows(table_cells(r) for r in rows)
+    with open(f"{prefix}-extra.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["measure", "value"])
+        writer.writerows(extra_lines(result))
+    plot(rows, Path(f"{prefix}.png"), f"Flat operations / copy limit: {result['machine']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--reps", type=int, default=30, help="timed repetitions per operation (default 30)")
+    parser.add_argument(
+        "--reps", type=int, default=40, help="timed repetitions per operation, at least 20 (default 40)"
+    )
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from " + ", ".join(MODELS))
-    parser.add_argument("--json", type=Path, help="also write the results as JSON to this file")
-    parser.add_argument("--plot", type=Path, help="also draw a bar chart of the ratios to this PNG")
     parser.add_argument("--import-reps", type=int, default=10, help="process starts per import timing (default 10)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    parser.add_argument(
+        "--save", type=Path, metavar="PREFIX", help="also write PREFIX.json, .csv, -extra.csv, -machine.txt and .png"
+    )
     args = parser.parse_args()
     if args.reps < 20:
         parser.error(f"--reps must be at least 20, got {args.reps}")
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
     timer = Timer(device, args.reps, args.warmup)
 
-    print(f"machine: {machine(device)}; medians of {args.reps} calls after {args.warmup} warm-up calls\n")
     rows = [row for name in args.models.split(",") for row in bench_model(name, timer)]
-    print_table(rows)
-
-    memory = peak_memory_ratio("resnet18", device)
     full, out = forward_ratio(device, timer)
     imp_backbone, imp_torch = import_ratio(args.import_reps)
-    print(f"\nget_grads() extra memory / vector bytes (resnet18): {memory:.3f}")
-    print(f"resnet18 forward, batch 32: 'full' {full * 1e3:.2f} ms, 'out' {out * 1e3:.2f} ms, ratio {full / out:.3f}")
-    print(
-        f"process import: backbone {imp_backbone:.2f} s, torch {imp_torch:.2f} s, ratio {imp_backbone / imp_torch:.3f}"
-    )
-    kernels = kernel_counts(device) if device.type == "cuda" else {}
-    if kernels:
-        print("\nCUDA kernels per call, many-small model (1,000 tensors):")
-        for label, count in kernels.items():
-            print(f"  {label:<25} {count}")
-
+    result = {
+        "machine": machine(device),
+        "date": time.strftime("%Y-%m-%d"),
+        "device": str(device),
+        "reps": args.reps,
+        "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
+        "get_grads_memory_ratio": peak_memory_ratio("resnet18", device),
+        "forward_full_over_out": full / out,
+        "import_backbone_over_torch": imp_backbone / imp_torch,
+        "cuda_kernels_many_small": kernel_counts(device) if device.type == "cuda" else {},
+    }
     if args.json:
-        result = {
-            "machine": machine(device),
-            "device": str(device),
-            "reps": args.reps,
-            "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
-            "get_grads_memory_ratio": memory,
-            "forward_full_over_out": full / out,
-            "import_backbone_over_torch": imp_backbone / imp_torch,
-            "cuda_kernels_many_small": kernels,
-        }
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.plot:
-        plot(rows, args.plot, f"Flat operations / copy limit, {machine(device)}")
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"machine: {result['machine']}; medians of {args.reps} calls after {args.warmup} warm-up calls\n")
+        print_table(rows)
+        print()
+        for label, value in extra_lines(result):
+            print(f"{label}: {value}")
+    if args.save:
+        save(result, rows, args.save)
 
 
 if __name__ == "__main__":

@@ -19,16 +19,12 @@ def _required(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 
 
-def _cuda_required() -> bool:
-    return _required("BACKBONE_REQUIRE_CUDA")
-
-
 def _has_chromium() -> bool:
     return any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome"))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if _cuda_required() and not torch.cuda.is_available():
+    if _required("BACKBONE_REQUIRE_CUDA") and not torch.cuda.is_available():
         raise pytest.UsageError(
             "BACKBONE_REQUIRE_CUDA is set but CUDA is missing: torch.cuda.is_available() is False "
             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}). "

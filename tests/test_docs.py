@@ -1,0 +1,44 @@
+"""The docs and README stay consistent with what tox and CI run."""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+import backbone
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tox() -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(ROOT / "tox.ini")
+    return parser
+
+
+def test_every_page_with_examples_is_doctested_by_tox() -> None:
+    command = tox()["testenv:doctest"]["commands"]
+    with_examples = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.rst") if ">>> " in p.read_text()}
+    listed = set(re.findall(r"docs/\w+\.rst", command))
+    assert with_examples <= listed, f"not doctested: {sorted(with_examples - listed)}"
+    assert "README.md" in command
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    quick_start = readme.split("## Quick start", 1)[1].split("## ", 1)[0]
+    commands = re.findall(r"```sh\n(.+?)\n```", quick_start)
+    assert len(commands) == 2
+    assert commands[1] in (ROOT / ".ci" / "run").read_text()
+
+
+def test_default_envlist_leaves_out_cuda() -> None:
+    envs = [e.strip() for e in tox()["tox"]["env_list"].split(",")]
+    assert "py311" in envs and "py311-cuda" not in envs
+
+
+def test_every_public_name_is_in_the_api_reference() -> None:
+    api = (ROOT / "docs" / "api.rst").read_text()
+    missing = [name for name in backbone.__all__ if f"backbone.{name}\n" not in api]
+    assert not missing
