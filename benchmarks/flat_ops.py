@@ -267,7 +267,7 @@ def machine(device: torch.device) -> str:
 
 
 def fmt(us: float | None) -> str:
-    return "-" if us is None else f"{us:,.0f}"
+    return "n/a" if us is None else f"{us:,.0f}"
 
 
 TABLE_HEADER = ["model", "operation", "ours us", "limit", "limit us", "x limit", "torch us", "naive us"]
