@@ -54,17 +54,12 @@ def _pieces(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
     return list(_unflatten_dense_tensors(vector, params)) if params else []  # type: ignore[no-untyped-call]
 
 
-def _common_device(params: list[nn.Parameter]) -> torch.device | None:
-    devices = {p.device for p in params}
-    return devices.pop() if len(devices) == 1 else None
-
-
 def _copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
-    """``d.copy_(s)`` for every pair, as few kernel launches as torch allows.
+    """``d.copy_(s)`` for every pair, in as few kernel launches as torch allows.
 
-    On CUDA, ``_foreach_copy_`` copies many tensors per launch, so the cost
-    does not grow with the number of parameters; where it cannot (mixed
-    dtypes or devices, the CPU) torch falls back to one ``copy_`` per pair.
+    On CUDA, ``_foreach_copy_`` copies up to about a hundred tensors per
+    launch instead of one; where it cannot (mixed dtypes or devices, the CPU)
+    torch falls back to one ``copy_`` per pair.
     """
     if destinations:
         torch._foreach_copy_(destinations, sources)
@@ -85,11 +80,13 @@ def _write(sources: list[Tensor | None], out: Tensor, params: list[nn.Parameter]
 
 
 def _read(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
-    """Pieces of ``vector`` shaped like each parameter, moved once to their device."""
-    device = _common_device(params)
-    if device is not None:
-        # One transfer for the whole vector rather than one per parameter.
-        vector = vector.to(device)
+    """Pieces of ``vector`` shaped like each parameter, converted once where they agree."""
+    devices = {p.device for p in params}
+    dtypes = {p.dtype for p in params}
+    if len(devices) == 1:
+        # One transfer (and conversion) for the whole vector rather than one
+        # per parameter; same-dtype pieces also keep the multi-tensor fast path.
+        vector = vector.to(device=devices.pop(), dtype=dtypes.pop() if len(dtypes) == 1 else None)
     return _pieces(vector, params)
 
 
