@@ -139,7 +139,6 @@ def bench_model(name: str, timer: Timer) -> list[Row]:
     n = sum(p.numel() for p in params)
     for p in params:
         p.grad = torch.randn_like(p)
-    grads = [p.grad for p in params]
     src = torch.randn(n, device=timer.device)
     dst = torch.empty(n, device=timer.device)
     # vector_to_parameters makes the parameters views of its vector; on the
@@ -149,13 +148,15 @@ def bench_model(name: str, timer: Timer) -> list[Row]:
         {
             "copy": lambda: dst.copy_(src),
             "clone": lambda: src.clone(),
-            "p2v": lambda: parameters_to_vector(params),
+            # Like the package's functions, the baselines walk the module on
+            # every call, as a method's training step does.
+            "p2v": lambda: parameters_to_vector(net.parameters()),
             "v2p": lambda: vector_to_parameters(src, spare),
-            "naive get_params": lambda: naive_get(params),  # type: ignore[arg-type]
-            "naive get_grads": lambda: naive_get(grads),  # type: ignore[arg-type]
-            "naive set_params": lambda: naive_set(params, src),  # type: ignore[arg-type]
-            "naive set_grads": lambda: naive_set(grads, src),  # type: ignore[arg-type]
-            "naive get_grads_list": lambda: [g.clone().view(-1) for g in grads],  # type: ignore[union-attr]
+            "naive get_params": lambda: naive_get(list(net.parameters())),
+            "naive get_grads": lambda: naive_get([p.grad for p in net.parameters()]),  # type: ignore[misc]
+            "naive set_params": lambda: naive_set(list(net.parameters()), src),
+            "naive set_grads": lambda: naive_set([p.grad for p in net.parameters()], src),  # type: ignore[misc]
+            "naive get_grads_list": lambda: [p.grad.clone().view(-1) for p in net.parameters()],  # type: ignore[union-attr]
             "get_params()": lambda: backbone.get_params(net),
             "get_params(out=)": lambda: backbone.get_params(net, out=dst),
             "get_grads()": lambda: backbone.get_grads(net),
