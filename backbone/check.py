@@ -88,8 +88,8 @@ def _describe(value: object) -> str:
 
 
 def _tensor(value: object, what: str, batch: int, dim: int | None = None) -> Tensor:
-    _require(isinstance(value, Tensor), f"{what} should be a Tensor, got {_describe(value)}")
-    assert isinstance(value, Tensor)
+    if not isinstance(value, Tensor):
+        raise _Fail(f"{what} should be a Tensor, got {_describe(value)}")
     _require(
         value.dim() >= 1 and value.shape[0] == batch,
         f"{what} should have batch dimension {batch}, got shape {tuple(value.shape)}",
@@ -165,11 +165,8 @@ class _Checker:
         self.close(logits, self.out(), "its logits and returnt='out'")
 
     def rule_features_method(self) -> None:
-        method = getattr(self.net, "features", None)
-        _require(callable(method), "the backbone has no features() method")
-        assert callable(method)
         with torch.no_grad():
-            features = _tensor(method(self.x), "features(x)", self.batch)
+            features = _tensor(self._method("features")(self.x), "features(x)", self.batch)
         self.close(features, self.features(), "features(x) and returnt='features'")
 
     def rule_unknown_returnt(self) -> None:
@@ -203,13 +200,13 @@ class _Checker:
             f"feature_dim is {feature_dim!r} but the features have D = {actual}",
         )
 
-    def _flat_method(self, name: str) -> Callable[..., Any]:
+    def _method(self, name: str) -> Callable[..., Any]:
         method = getattr(self.net, name, None)
         _require(callable(method), f"the backbone has no {name}() method (inherit from MammothBackbone)")
         return cast(Callable[..., Any], method)
 
     def rule_params_round_trip(self) -> None:
-        get_params, set_params = self._flat_method("get_params"), self._flat_method("set_params")
+        get_params, set_params = self._method("get_params"), self._method("set_params")
         numel = sum(p.numel() for p in self.net.parameters())
         flat = get_params()
         _require(
@@ -224,20 +221,15 @@ class _Checker:
             self.close(self.net(self.x, returnt="out"), self.out(), "the logits after a params round-trip")
 
     def rule_grads_round_trip(self) -> None:
-        get_grads, set_grads = self._flat_method("get_grads"), self._flat_method("set_grads")
+        get_grads, set_grads = self._method("get_grads"), self._method("set_grads")
         numel = sum(p.numel() for p in self.net.parameters())
         self.net.zero_grad(set_to_none=True)
         self.net(self.x, returnt="out").double().sum().backward()
-        expected = (
-            torch.cat(
-                [
-                    torch.zeros(p.numel()) if p.grad is None else p.grad.detach().reshape(-1).double().cpu()
-                    for p in self.net.parameters()
-                ]
-            )
-            if numel
-            else torch.zeros(0)
-        )
+        pieces = [
+            torch.zeros(p.numel()) if p.grad is None else p.grad.detach().reshape(-1).double().cpu()
+            for p in self.net.parameters()
+        ]
+        expected = torch.cat(pieces) if pieces else torch.zeros(0)
         grads = get_grads()
         _require(
             isinstance(grads, Tensor) and grads.shape == (numel,),
