@@ -13,13 +13,36 @@ from backbone import flat
 __all__ = ["RETURN_TYPES", "BackboneOutput", "MammothBackbone", "ReturnType", "check_returnt"]
 
 ReturnType = Literal["out", "features", "both", "full"]
-"""The values of ``returnt`` every backbone accepts."""
+"""The values of ``returnt`` every backbone accepts, as a type for annotations.
+
+Example:
+    >>> from typing import get_args
+    >>> from backbone import ReturnType
+    >>> get_args(ReturnType)
+    ('out', 'features', 'both', 'full')
+"""
 
 RETURN_TYPES: tuple[ReturnType, ...] = get_args(ReturnType)
-"""The valid ``returnt`` values as a tuple: ``('out', 'features', 'both', 'full')``."""
+"""The valid ``returnt`` values as a tuple.
+
+Example:
+    >>> from backbone import RETURN_TYPES
+    >>> RETURN_TYPES
+    ('out', 'features', 'both', 'full')
+"""
 
 BackboneOutput: TypeAlias = "Tensor | tuple[Tensor, Tensor] | tuple[Tensor, list[Tensor]]"
-"""What :meth:`MammothBackbone.forward` returns, depending on ``returnt``."""
+"""What :meth:`MammothBackbone.forward` returns: a tensor for ``'out'`` and
+``'features'``, ``(logits, features)`` for ``'both'``, ``(logits, stages)``
+for ``'full'``.
+
+Example:
+    >>> import torch
+    >>> from backbone import MNISTMLP
+    >>> output = MNISTMLP(4, 2)(torch.zeros(1, 4), returnt="full")
+    >>> type(output).__name__, type(output[1]).__name__
+    ('tuple', 'list')
+"""
 
 
 def check_returnt(returnt: object) -> ReturnType:

@@ -38,7 +38,13 @@ class RuleResult:
 
     @property
     def passed(self) -> bool:
-        """Whether the rule did not fail (a skipped rule did not fail)."""
+        """Whether the rule did not fail (a skipped rule did not fail).
+
+        Example:
+            >>> from backbone import RuleResult
+            >>> RuleResult("feature_dim equals D", "skip", "no feature_dim").passed
+            True
+        """
         return self.status != "fail"
 
 
