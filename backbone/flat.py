@@ -36,12 +36,15 @@ def _check_vector(vector: object, params: list[nn.Parameter], name: str) -> Tens
     return vector
 
 
-def _check_castable(vector: Tensor, params: list[nn.Parameter], name: str) -> None:
+def _check_source(vector: object, params: list[nn.Parameter], name: str) -> Tensor:
+    """The setters' check: a vector of the right length whose dtype casts to every parameter's."""
+    vector = _check_vector(vector, params, name)
     # copy_ would fail half-way through (complex into real, say), after some
     # parameters were already written: refuse before touching anything.
     for dtype in {p.dtype for p in params}:
         if not torch.can_cast(vector.dtype, dtype):
             raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the parameters' {dtype}")
+    return vector
 
 
 def _pieces(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
@@ -93,6 +96,17 @@ def _read(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
 def _flat_copy(tensor: Tensor) -> Tensor:
     # reshape already copies a non-contiguous tensor; copying again would be waste.
     return tensor.view(-1).clone() if tensor.is_contiguous() else tensor.reshape(-1)
+
+
+def _grads(params: list[nn.Parameter], out: Tensor | None) -> Tensor:
+    if out is None:
+        if not params:
+            return torch.empty(0)
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
+        out = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
+    else:
+        _check_vector(out, params, "out")
+    return _write([p.grad for p in params], out, params)
 
 
 def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
@@ -163,8 +177,7 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
         tensor([6., 7.], requires_grad=True)
     """
     params = _parameters(module)
-    _check_vector(new_params, params, "new_params")
-    _check_castable(new_params, params, "new_params")
+    _check_source(new_params, params, "new_params")
     with torch.no_grad():
         _copy_all(list(params), _read(new_params, params))
 
@@ -199,15 +212,7 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
         >>> get_grads(layer)
         tensor([1., 1., 1., 1., 1., 1., 1., 1.])
     """
-    params = _parameters(module)
-    if out is None:
-        if not params:
-            return torch.empty(0)
-        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
-        out = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
-    else:
-        _check_vector(out, params, "out")
-    return _write([p.grad for p in params], out, params)
+    return _grads(_parameters(module), out)
 
 
 def set_grads(module: nn.Module, new_grads: Tensor) -> None:
@@ -238,8 +243,7 @@ def set_grads(module: nn.Module, new_grads: Tensor) -> None:
         tensor([6., 7.])
     """
     params = _parameters(module)
-    _check_vector(new_grads, params, "new_grads")
-    _check_castable(new_grads, params, "new_grads")
+    _check_source(new_grads, params, "new_grads")
     with torch.no_grad():
         for p in params:
             if p.grad is None:
@@ -278,6 +282,6 @@ def get_grads_list(module: nn.Module) -> list[Tensor]:
         # launch per parameter. On the CPU, per-parameter copies are faster:
         # small allocations reuse freed memory, one large one faults in fresh
         # pages. Either way nothing shares memory with a .grad.
-        return list(torch.split(get_grads(module), [p.numel() for p in params]))
+        return list(torch.split(_grads(params, None), [p.numel() for p in params]))
     with torch.no_grad():
         return [_flat_copy(p.grad) if p.grad is not None else p.new_zeros(p.numel()) for p in params]

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from backbone.base import MammothBackbone
 from backbone.init import xavier
+from backbone.models._checks import check_positive_ints
 from backbone.registry import register_backbone
 
 __all__ = ["MNISTMLP"]
@@ -40,9 +41,7 @@ class MNISTMLP(MammothBackbone):
     """
 
     def __init__(self, input_size: int, output_size: int, hidden_size: int = 100) -> None:
-        for name, value in (("input_size", input_size), ("output_size", output_size), ("hidden_size", hidden_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_positive_ints(input_size=input_size, output_size=output_size, hidden_size=hidden_size)
         super().__init__()
         self.input_size = input_size
         self.output_size = output_size

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from backbone.base import MammothBackbone
+from backbone.models._checks import check_positive_ints
 from backbone.registry import register_backbone
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "reduced_resnet18", "resnet18", "resnet34", "resnet50"]
@@ -116,12 +117,6 @@ class Bottleneck(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 class ResNet(MammothBackbone):
     """A CIFAR-style ResNet: 3x3 stem, four stages, global average pooling, linear classifier.
 
@@ -163,9 +158,9 @@ class ResNet(MammothBackbone):
     ) -> None:
         if len(layers) != 4:
             raise ValueError(f"layers must give the number of blocks of 4 stages, got {list(layers)!r}")
-        _check_positive(num_classes=num_classes, num_filters=num_filters, in_channels=in_channels)
+        check_positive_ints(num_classes=num_classes, num_filters=num_filters, in_channels=in_channels)
         for count in layers:
-            _check_positive(layers=count)
+            check_positive_ints(layers=count)
         super().__init__()
         self.num_classes = num_classes
         self.num_filters = num_filters
