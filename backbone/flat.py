@@ -5,6 +5,11 @@ tied parameter once, frozen ones included) and treats the parameters as one
 1-D vector, each parameter flattened in row-major order. They work on any
 :class:`torch.nn.Module`; :class:`~backbone.MammothBackbone` exposes them as
 methods.
+
+Every call either does all it promises or raises before anything is written:
+the vector, every destination and every memory overlap are checked first,
+and values are staged before the first write, so a rejected call leaves
+parameters and gradients (values and objects) exactly as they were.
 """
 
 from __future__ import annotations
@@ -19,15 +24,94 @@ __all__ = ["get_grads", "get_grads_list", "get_params", "set_grads", "set_params
 
 
 def _parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``module``, refusing any that is not a dense tensor."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    return list(module.parameters())
+    params = list(module.parameters())
+    for i, p in enumerate(params):
+        if p.layout != torch.strided:
+            raise TypeError(
+                f"parameter {_name(module, i)!r} must be a dense (strided) tensor, got layout {p.layout}; "
+                "flat vectors cover dense parameters only"
+            )
+    return params
+
+
+def _name(module: nn.Module, index: int) -> str:
+    """The qualified name of the ``index``-th parameter, for error messages only."""
+    for i, (name, _) in enumerate(module.named_parameters()):
+        if i == index:
+            return name
+    return f"#{index}"
+
+
+def _result_dtype(params: list[nn.Parameter]) -> torch.dtype:
+    if not params:
+        return torch.get_default_dtype()
+    return functools.reduce(torch.promote_types, (p.dtype for p in params))
+
+
+def _span(t: Tensor) -> tuple[int, int]:
+    """The bytes ``[start, end)`` that ``t`` can read or write."""
+    start = t.data_ptr()
+    if t.numel() == 0:
+        return start, start
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    return start, start + extent * t.element_size()
+
+
+def _overlap(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` may touch the same memory (by byte ranges, so conservative for interleaved views)."""
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0 or a.device.type == "meta":
+        return False
+    a0, a1 = _span(a)
+    b0, b1 = _span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _first_overlap(vector: Tensor, tensors: list[Tensor | None]) -> int | None:
+    """The index of the first tensor that shares memory with ``vector``, if any.
+
+    Tensors in other storages cannot overlap ``vector``; a data pointer
+    comparison against its storage rules most of them out cheaply.
+    """
+    if vector.numel() == 0 or vector.device.type == "meta":
+        return None
+    storage = vector.untyped_storage()
+    low, high = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    device = vector.device
+    for i, t in enumerate(tensors):
+        if t is None or t.layout != torch.strided or t.device != device:
+            continue
+        if low <= t.data_ptr() < high and _overlap(vector, t):
+            return i
+    return None
+
+
+def _check_writable(t: Tensor, what: str) -> None:
+    """Raise unless every element of ``t`` can be written in place, here and now."""
+    if t.layout != torch.strided:
+        raise TypeError(f"{what} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(
+            f"{what} is an inference tensor (made under torch.inference_mode()) and cannot be written outside "
+            "inference mode; expected a normal tensor (replace it with a clone made outside inference mode)"
+        )
+    if not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1:
+        raise ValueError(
+            f"{what} cannot be written element by element: several of its elements share one memory location "
+            f"(strides {t.stride()}, as from expand()); expected a tensor that owns each element, such as a clone"
+        )
 
 
 def _check_vector(vector: object, params: list[nn.Parameter], name: str) -> Tensor:
-    """Raise unless ``vector`` is a 1-D tensor with one element per parameter element."""
+    """Raise unless ``vector`` is a dense 1-D tensor with data and one element per parameter element."""
     if not isinstance(vector, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
+    if vector.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {vector.layout}")
+    if vector.device.type == "meta":
+        raise ValueError(f"{name} must hold data, got a tensor on the meta device")
     if vector.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(vector.shape)}")
     expected = sum(p.numel() for p in params)
@@ -39,12 +123,32 @@ def _check_vector(vector: object, params: list[nn.Parameter], name: str) -> Tens
 def _check_source(vector: object, params: list[nn.Parameter], name: str) -> Tensor:
     """The setters' check: a vector of the right length whose dtype casts to every parameter's."""
     vector = _check_vector(vector, params, name)
-    # copy_ would fail half-way through (complex into real, say), after some
-    # parameters were already written: refuse before touching anything.
     for dtype in {p.dtype for p in params}:
         if not torch.can_cast(vector.dtype, dtype):
             raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the parameters' {dtype}")
     return vector
+
+
+def _check_out(out: object, module: nn.Module, params: list[nn.Parameter]) -> Tensor:
+    """The getters' check of ``out``: the result's exact dtype, writable, and sharing no memory with the model."""
+    out = _check_vector(out, params, "out")
+    dtype = _result_dtype(params)
+    if out.dtype != dtype:
+        raise TypeError(f"out must have the result's dtype {dtype}, got {out.dtype}")
+    _check_writable(out, "out")
+    for kind, tensors in (("parameter", list(params)), ("gradient of parameter", [p.grad for p in params])):
+        hit = _first_overlap(out, tensors)
+        if hit is not None:
+            raise ValueError(
+                f"out must not share memory with the model, but it overlaps the {kind} {_name(module, hit)!r}"
+            )
+    return out
+
+
+def _dense(t: Tensor) -> Tensor:
+    # A sparse gradient (nn.Embedding(sparse=True)) reads as its dense value;
+    # to_dense() sums duplicate indices, as the gradient means.
+    return t if t.layout == torch.strided else t.to_dense()
 
 
 def _pieces(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
@@ -74,7 +178,7 @@ def _write(sources: list[Tensor | None], out: Tensor, params: list[nn.Parameter]
     with torch.no_grad():
         _copy_all(
             [piece for piece, src in zip(pieces, sources, strict=True) if src is not None],
-            [src for src in sources if src is not None],
+            [_dense(src) for src in sources if src is not None],
         )
         missing = [piece for piece, src in zip(pieces, sources, strict=True) if src is None]
         if missing:
@@ -93,39 +197,39 @@ def _read(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
     return _pieces(vector, params)
 
 
-def _flat_copy(tensor: Tensor) -> Tensor:
-    # reshape already copies a non-contiguous tensor; copying again would be waste.
-    return tensor.view(-1).clone() if tensor.is_contiguous() else tensor.reshape(-1)
-
-
 def _grads(params: list[nn.Parameter], out: Tensor | None) -> Tensor:
     if out is None:
-        if not params:
-            return torch.empty(0)
-        dtype = functools.reduce(torch.promote_types, (p.dtype for p in params))
-        out = torch.empty(sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
-    else:
-        _check_vector(out, params, "out")
+        out = torch.empty(sum(p.numel() for p in params), dtype=_result_dtype(params), device=_device(params))
     return _write([p.grad for p in params], out, params)
+
+
+def _device(params: list[nn.Parameter]) -> torch.device:
+    return params[0].device if params else torch.device("cpu")
 
 
 def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
     """Concatenate all parameters of ``module`` into one 1-D tensor.
 
     Without ``out`` the result is differentiable: a loss computed from it
-    sends gradients back to the parameters (as an EWC penalty needs).
+    sends gradients back to the parameters (as an EWC penalty needs). Mixed
+    dtypes are promoted to a common one, as :func:`torch.cat` does.
 
     Args:
         module: the module whose parameters are read.
-        out: a 1-D tensor with one element per parameter element to write
-            into instead of allocating; no autograd graph is recorded.
+        out: a 1-D tensor to write into instead of allocating, with one
+            element per parameter element and exactly the result's dtype; it
+            must share no memory with the parameters or their gradients. No
+            autograd graph is recorded.
 
     Returns:
         The flat parameter vector (``out`` itself when given).
 
     Raises:
-        TypeError: ``module`` is not a module or ``out`` is not a tensor.
-        ValueError: ``out`` is not 1-D or has the wrong number of elements.
+        TypeError: ``module`` is not a module, a parameter is not dense, or
+            ``out`` is not a dense tensor of the result's dtype.
+        ValueError: ``out`` is not 1-D, has the wrong number of elements, is
+            on the meta device, cannot be written element by element, or
+            overlaps a parameter or gradient.
 
     Example:
         >>> import torch
@@ -139,10 +243,14 @@ def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
         >>> buffer = torch.empty(8)
         >>> get_params(layer, out=buffer) is buffer
         True
+        >>> get_params(layer, out=torch.empty(8, dtype=torch.int64))
+        Traceback (most recent call last):
+        ...
+        TypeError: out must have the result's dtype torch.float32, got torch.int64
     """
     params = _parameters(module)
     if out is not None:
-        return _write(list(params), _check_vector(out, params, "out"), params)
+        return _write(list(params), _check_out(out, module, params), params)
     if not params:
         return torch.empty(0)
     return torch.cat([p.reshape(-1) for p in params])
@@ -153,8 +261,10 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
 
     The parameter objects stay the same (optimizers and hooks keep working) and
     nothing aliases ``new_params``: each piece is copied, converted to the
-    parameter's dtype and device. The vector is checked before anything is
-    written.
+    parameter's dtype and device. Everything is checked before anything is
+    written. A vector that shares memory with the parameters (for example a
+    slice of the buffer the parameters are views of) is copied to a temporary
+    first, so the result is always the one a separate vector would give.
 
     Args:
         module: the module whose parameters are overwritten.
@@ -162,9 +272,12 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
             the order of :func:`get_params`.
 
     Raises:
-        TypeError: ``new_params`` is not a tensor, or its dtype cannot be cast
-            to a parameter's dtype.
-        ValueError: ``new_params`` is not 1-D or has the wrong number of elements.
+        TypeError: ``new_params`` is not a dense tensor, its dtype cannot be
+            cast to a parameter's dtype, or a parameter is not dense.
+        ValueError: ``new_params`` is not 1-D, has the wrong number of
+            elements or is on the meta device; or a parameter cannot be
+            written (an inference tensor outside inference mode, or elements
+            that share memory).
 
     Example:
         >>> import torch
@@ -177,9 +290,13 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
         tensor([6., 7.], requires_grad=True)
     """
     params = _parameters(module)
-    _check_source(new_params, params, "new_params")
+    source = _check_source(new_params, params, "new_params")
+    for i, p in enumerate(params):
+        _check_writable(p, f"parameter {_name(module, i)!r}")
+    if _first_overlap(source, list(params)) is not None:
+        source = source.clone()
     with torch.no_grad():
-        _copy_all(list(params), _read(new_params, params))
+        _copy_all(list(params), _read(source, params))
 
 
 def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
@@ -187,19 +304,24 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
 
     The layout is that of :func:`get_params`. A parameter whose ``.grad`` is
     ``None`` (frozen, unused in the last backward, or before any backward)
-    contributes zeros. The result is detached from any graph.
+    contributes zeros; a sparse gradient (``nn.Embedding(sparse=True)``)
+    contributes its dense value. The result is detached from any graph.
 
     Args:
         module: the module whose gradients are read.
-        out: a 1-D tensor with one element per parameter element to write
-            into instead of allocating.
+        out: a 1-D tensor to write into instead of allocating, with one
+            element per parameter element and exactly the result's dtype; it
+            must share no memory with the parameters or their gradients.
 
     Returns:
         The flat gradient vector (``out`` itself when given).
 
     Raises:
-        TypeError: ``module`` is not a module or ``out`` is not a tensor.
-        ValueError: ``out`` is not 1-D or has the wrong number of elements.
+        TypeError: ``module`` is not a module, a parameter is not dense, or
+            ``out`` is not a dense tensor of the result's dtype.
+        ValueError: ``out`` is not 1-D, has the wrong number of elements, is
+            on the meta device, cannot be written element by element, or
+            overlaps a parameter or gradient.
 
     Example:
         >>> import torch
@@ -212,16 +334,25 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
         >>> get_grads(layer)
         tensor([1., 1., 1., 1., 1., 1., 1., 1.])
     """
-    return _grads(_parameters(module), out)
+    params = _parameters(module)
+    return _grads(params, None if out is None else _check_out(out, module, params))
 
 
 def set_grads(module: nn.Module, new_grads: Tensor) -> None:
     """Copy a flat vector into the gradients of ``module``.
 
-    Each ``.grad`` is overwritten in place, or created (in the parameter's
-    dtype, device and layout) where it is ``None``. Nothing aliases
-    ``new_grads``: a later backward accumulates into ``.grad`` and leaves the
-    caller's tensor alone. The vector is checked before anything is written.
+    Each existing ``.grad`` is overwritten in place. Where ``.grad`` is
+    ``None``, a new gradient (in the parameter's dtype, device and memory
+    format) is filled first and only then attached, so no uninitialised
+    memory is ever visible. New gradients are normal tensors even inside
+    :func:`torch.inference_mode`, so a later backward can accumulate into
+    them. Nothing aliases ``new_grads``, and everything is checked before
+    anything is written.
+
+    A parameter whose existing ``.grad`` is sparse is refused: it cannot be
+    written in place, and replacing it with a dense tensor would change what
+    the optimizer sees. Set those gradients to ``None`` first (for example
+    with ``module.zero_grad()``).
 
     Args:
         module: the module whose gradients are overwritten.
@@ -229,9 +360,13 @@ def set_grads(module: nn.Module, new_grads: Tensor) -> None:
             the order of :func:`get_params`.
 
     Raises:
-        TypeError: ``new_grads`` is not a tensor, or its dtype cannot be cast
-            to a parameter's dtype.
-        ValueError: ``new_grads`` is not 1-D or has the wrong number of elements.
+        TypeError: ``new_grads`` is not a dense tensor, its dtype cannot be
+            cast to a parameter's dtype, or a parameter or existing
+            gradient is not dense.
+        ValueError: ``new_grads`` is not 1-D, has the wrong number of
+            elements or is on the meta device; or an existing gradient cannot
+            be written (an inference tensor outside inference mode, or
+            elements that share memory).
 
     Example:
         >>> import torch
@@ -243,28 +378,54 @@ def set_grads(module: nn.Module, new_grads: Tensor) -> None:
         tensor([6., 7.])
     """
     params = _parameters(module)
-    _check_source(new_grads, params, "new_grads")
+    source = _check_source(new_grads, params, "new_grads")
+    grads = [p.grad for p in params]
+    for i, grad in enumerate(grads):
+        if grad is None:
+            continue
+        if grad.layout != torch.strided:
+            raise TypeError(
+                f"the gradient of parameter {_name(module, i)!r} must be dense (strided) to be written in place, "
+                f"got layout {grad.layout}; set it to None first (module.zero_grad()) to have a dense one created"
+            )
+        _check_writable(grad, f"the gradient of parameter {_name(module, i)!r}")
+    if _first_overlap(source, grads) is not None:
+        source = source.clone()
     with torch.no_grad():
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.empty_like(p)
-        _copy_all([p.grad for p in params if p.grad is not None], _read(new_grads, params))
+        pieces = _read(source, params)
+        # Stage every missing gradient with its final values before any
+        # write, outside inference mode so that backward can use it later.
+        with torch.inference_mode(False):
+            created = [
+                (p, torch.empty_like(p).copy_(piece)) for p, piece in zip(params, pieces, strict=True) if p.grad is None
+            ]
+        _copy_all(
+            [g for g in grads if g is not None],
+            [piece for piece, g in zip(pieces, grads, strict=True) if g is not None],
+        )
+    for p, grad in created:
+        p.grad = grad
 
 
 def get_grads_list(module: nn.Module) -> list[Tensor]:
     """Return one flat gradient per parameter, in the order of :func:`get_params`.
 
-    Each entry is a 1-D copy in its parameter's dtype (zeros where ``.grad``
-    is ``None``), so ``torch.cat(get_grads_list(m))`` equals ``get_grads(m)``.
-    On a GPU, when all parameters share a dtype and device, the entries are
-    views of one freshly allocated vector; no entry shares memory with a
-    ``.grad``.
+    Each entry is a 1-D tensor in its parameter's dtype that owns its memory,
+    whatever the strides of the ``.grad`` it comes from (zeros where
+    ``.grad`` is ``None``, the dense value of a sparse gradient), so
+    ``torch.cat(get_grads_list(m))`` equals ``get_grads(m)`` and writing to an
+    entry never changes a gradient. On an accelerator, when all parameters
+    share a dtype and device, the entries are views of one freshly allocated
+    vector.
 
     Args:
         module: the module whose gradients are read.
 
     Returns:
         A list with one 1-D tensor per parameter.
+
+    Raises:
+        TypeError: ``module`` is not a module, or a parameter is not dense.
 
     Example:
         >>> import torch
@@ -277,11 +438,33 @@ def get_grads_list(module: nn.Module) -> list[Tensor]:
         True
     """
     params = _parameters(module)
-    if params and params[0].device.type != "cpu" and len({(p.dtype, p.device) for p in params}) == 1:
-        # On an accelerator one allocation and one multi-tensor copy beat a
-        # launch per parameter. On the CPU, per-parameter copies are faster:
-        # small allocations reuse freed memory, one large one faults in fresh
-        # pages. Either way nothing shares memory with a .grad.
-        return list(torch.split(_grads(params, None), [p.numel() for p in params]))
+    if _fused(params):
+        return _grads_list_fused(params)
+    return _grads_list_each(params)
+
+
+def _fused(params: list[nn.Parameter]) -> bool:
+    """Whether one allocation and one multi-tensor copy serve ``get_grads_list`` best.
+
+    On an accelerator they beat a launch per parameter. On the CPU,
+    per-parameter copies are faster: small allocations reuse freed memory,
+    one large one faults in fresh pages.
+    """
+    return bool(params) and params[0].device.type != "cpu" and len({(p.dtype, p.device) for p in params}) == 1
+
+
+def _grads_list_fused(params: list[nn.Parameter]) -> list[Tensor]:
+    """``get_grads_list`` as views of one fresh vector; the parameters must share dtype and device."""
+    return list(torch.split(_grads(params, None), [p.numel() for p in params]))
+
+
+def _grads_list_each(params: list[nn.Parameter]) -> list[Tensor]:
+    """``get_grads_list`` as one fresh tensor per parameter."""
     with torch.no_grad():
-        return [_flat_copy(p.grad) if p.grad is not None else p.new_zeros(p.numel()) for p in params]
+        return [p.new_zeros(p.numel()) if p.grad is None else _owned_flat(_dense(p.grad)) for p in params]
+
+
+def _owned_flat(t: Tensor) -> Tensor:
+    # reshape(-1) of a non-contiguous tensor is sometimes a view, so it cannot
+    # be trusted to copy; contiguous() always copies a non-contiguous tensor.
+    return t.view(-1).clone() if t.is_contiguous() else t.contiguous().view(-1)

@@ -55,11 +55,14 @@ def test_get_params_out_writes_into_the_buffer_without_graph() -> None:
     assert buffer.grad_fn is None and not buffer.requires_grad
 
 
-def test_get_params_out_converts_dtype() -> None:
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.int64, torch.bool])
+def test_out_of_another_dtype_is_refused_not_truncated(dtype: torch.dtype) -> None:
     net = TinyNet()
-    buffer = torch.empty(numel(net), dtype=torch.float64)
-    net.get_params(out=buffer)
-    assert torch.equal(buffer, reference_params(net).double())
+    buffer = torch.zeros(numel(net), dtype=dtype)
+    for getter in (net.get_params, net.get_grads):
+        with pytest.raises(TypeError, match=f"out must have the result's dtype torch.float32, got {dtype}"):
+            getter(out=buffer)
+    assert not buffer.any()
 
 
 def test_get_params_tied_once_and_frozen_included() -> None:

@@ -104,9 +104,9 @@ def test_getters_match_the_plain_definition(seed: int) -> None:
     n = sum(p.numel() for p in module.parameters())
     assert torch.equal(backbone.get_params(module).detach(), plain_params(module))
     assert torch.equal(backbone.get_grads(module), plain_grads(module))
-    out = torch.full((n,), float("nan"), dtype=torch.float64)
-    assert torch.equal(backbone.get_params(module, out=out), plain_params(module).double())
-    assert torch.equal(backbone.get_grads(module, out=out), plain_grads(module).double())
+    out = torch.full((n,), float("nan"), dtype=promoted(module))
+    assert torch.equal(backbone.get_params(module, out=out), plain_params(module))
+    assert torch.equal(backbone.get_grads(module, out=out), plain_grads(module))
     grads = backbone.get_grads_list(module)
     for p, g in zip(module.parameters(), grads, strict=True):
         expected = torch.zeros(p.numel(), dtype=p.dtype) if p.grad is None else p.grad.reshape(-1)
