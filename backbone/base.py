@@ -75,6 +75,16 @@ def check_returnt(returnt: object) -> ReturnType:
     return returnt
 
 
+def _as_device(value: object) -> torch.device:
+    """``torch.device(value)``, with a message that names the argument and the value."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, torch.device)):
+        raise TypeError(f"device must be a torch.device, a str such as 'cuda:0' or an int, got {type(value).__name__}")
+    try:
+        return torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"device must name a device such as 'cpu', 'cuda' or 'cuda:1', got {value!r}") from None
+
+
 class MammothBackbone(nn.Module):
     """Base class of backbones that continual-learning methods are written against.
 
@@ -120,7 +130,9 @@ class MammothBackbone(nn.Module):
             parameters or buffers.
 
     Raises:
-        TypeError: an unknown keyword argument is given.
+        TypeError: an unknown keyword argument is given, or ``device`` is
+            not a device, a str or an int.
+        ValueError: ``device`` does not name a device.
 
     Example:
         >>> import torch
@@ -154,7 +166,7 @@ class MammothBackbone(nn.Module):
         if unknown:
             raise TypeError(f"MammothBackbone accepts only the keyword argument 'device'; got {unknown}")
         super().__init__()
-        self._device_hint = torch.device(kwargs.get("device", "cpu"))
+        self._device_hint = _as_device(kwargs.get("device", "cpu"))
 
     @property
     def device(self) -> torch.device:
@@ -170,6 +182,10 @@ class MammothBackbone(nn.Module):
             >>> net.device
             device(type='cpu')
             >>> net.device = "cpu"
+            >>> net.device = "bogus"
+            Traceback (most recent call last):
+            ...
+            ValueError: device must name a device such as 'cpu', 'cuda' or 'cuda:1', got 'bogus'
         """
         for tensor in itertools.chain(self.parameters(), self.buffers()):
             return tensor.device
@@ -179,8 +195,8 @@ class MammothBackbone(nn.Module):
     def device(self, value: object) -> None:
         # Mammoth's to(device) overrides assign whatever they were given,
         # dtypes included; only a real device is worth remembering.
-        if isinstance(value, (str, int, torch.device)):
-            self._device_hint = torch.device(value)
+        if isinstance(value, (str, int, torch.device)) and not isinstance(value, bool):
+            self._device_hint = _as_device(value)
 
     def forward(self, x: Tensor, returnt: ReturnType = "out") -> BackboneOutput:
         """Run the backbone and return what ``returnt`` selects.
@@ -195,6 +211,7 @@ class MammothBackbone(nn.Module):
             A tensor, or a tuple as described above.
 
         Raises:
+            TypeError: ``x`` is not a tensor.
             ValueError: ``returnt`` is not one of :data:`RETURN_TYPES`.
             NotImplementedError: the subclass implements neither
                 :meth:`forward_intermediates` nor its own ``forward``.
@@ -208,6 +225,8 @@ class MammothBackbone(nn.Module):
             (torch.Size([5, 2]), torch.Size([5, 3]))
         """
         returnt = check_returnt(returnt)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__} expects the input batch x to be a torch.Tensor, got {type(x).__name__}")
         if returnt == "features":
             return self.forward_features(x)
         if returnt == "full":

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,10 +53,53 @@ class RegisteredBackbone:
 _REGISTRY: dict[str, RegisteredBackbone] = {}
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
 def _normalise(name: str) -> str:
     if not isinstance(name, str):
         raise TypeError(f"a backbone name must be a str, got {type(name).__name__}")
     return name.strip().lower().replace("_", "-")
+
+
+def _check_name(name: object) -> str:
+    """A name to register: letters, digits, '-', '_' and '.', starting with a letter or digit."""
+    if not isinstance(name, str):
+        raise TypeError(f"a backbone name must be a str, got {type(name).__name__}")
+    if not _NAME.fullmatch(name):
+        raise ValueError(
+            "a backbone name must be letters, digits, '-', '_' or '.', starting with a letter or digit, "
+            f"such as 'resnet18'; got {name!r}"
+        )
+    return _normalise(name)
+
+
+def _check_example_kwargs(example_kwargs: object) -> dict[str, Any]:
+    if example_kwargs is None:
+        return {}
+    if not isinstance(example_kwargs, Mapping):
+        raise TypeError(f"example_kwargs must be a dict of keyword arguments, got {type(example_kwargs).__name__}")
+    bad = [key for key in example_kwargs if not isinstance(key, str)]
+    if bad:
+        raise TypeError(f"example_kwargs must have str keys (argument names), got {bad[0]!r}")
+    return dict(example_kwargs)
+
+
+def _check_shape(shape: object) -> tuple[int, ...] | None:
+    if shape is None:
+        return None
+    if isinstance(shape, (str, bytes)) or not isinstance(shape, (tuple, list)):
+        raise TypeError(
+            f"example_input_shape must be a tuple of positive ints such as (3, 32, 32), got {type(shape).__name__} "
+            f"{shape!r}"
+        )
+    if any(isinstance(d, bool) or not isinstance(d, int) for d in shape):
+        raise TypeError(f"example_input_shape must be a tuple of positive ints such as (3, 32, 32), got {shape!r}")
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(
+            f"example_input_shape must be a non-empty tuple of positive ints such as (3, 32, 32), got {shape!r}"
+        )
+    return tuple(shape)
 
 
 def register_backbone(
@@ -78,9 +122,13 @@ def register_backbone(
         The decorator.
 
     Raises:
-        ValueError: the name is already registered.
-        TypeError: the name is not a str, or the decorated object is a class
-            that does not derive from ``MammothBackbone`` or is not callable.
+        ValueError: the name is already registered or is not made of letters,
+            digits, ``-``, ``_`` and ``.`` (starting with a letter or digit),
+            or ``example_input_shape`` has a size that is not positive.
+        TypeError: the name is not a str, ``example_kwargs`` is not a dict
+            with str keys, ``example_input_shape`` is not a tuple or list of
+            ints, or the decorated object is a class that does not derive from
+            ``MammothBackbone`` or is not callable.
 
     Example:
         >>> from torch import nn
@@ -95,8 +143,14 @@ def register_backbone(
         ...
         ValueError: a backbone named 'tiny-mlp' is already registered
         >>> unregister_backbone("tiny-mlp")
+        >>> register_backbone("tiny mlp")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: a backbone name must be letters, digits, '-', '_' or '.', ...; got 'tiny mlp'
     """
-    key = _normalise(name)
+    key = _check_name(name)
+    kwargs = _check_example_kwargs(example_kwargs)
+    shape = _check_shape(example_input_shape)
     if key in _REGISTRY:
         raise ValueError(f"a backbone named {key!r} is already registered")
 
@@ -107,8 +161,7 @@ def register_backbone(
             raise TypeError(f"register_backbone expects a MammothBackbone subclass or a factory, got {builder!r}")
         if key in _REGISTRY:
             raise ValueError(f"a backbone named {key!r} is already registered")
-        shape = None if example_input_shape is None else tuple(example_input_shape)
-        _REGISTRY[key] = RegisteredBackbone(key, builder, dict(example_kwargs or {}), shape)
+        _REGISTRY[key] = RegisteredBackbone(key, builder, dict(kwargs), shape)
         return builder
 
     return decorator

@@ -7,6 +7,7 @@ the first stage.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 from torch import Tensor, nn
@@ -133,6 +134,9 @@ class ResNet(MammothBackbone):
         in_channels: the channels of the input images.
 
     Raises:
+        TypeError: ``block`` is not :class:`~backbone.BasicBlock` or
+            :class:`~backbone.Bottleneck` (or a subclass), or ``layers`` is
+            not a sequence.
         ValueError: a count is not a positive int, or ``layers`` does not
             have four entries.
 
@@ -151,11 +155,15 @@ class ResNet(MammothBackbone):
     def __init__(
         self,
         block: type[BasicBlock | Bottleneck],
-        layers: list[int],
+        layers: Sequence[int],
         num_classes: int,
         num_filters: int = 64,
         in_channels: int = 3,
     ) -> None:
+        if not (isinstance(block, type) and issubclass(block, (BasicBlock, Bottleneck))):
+            raise TypeError(f"block must be the class BasicBlock or Bottleneck, got {block!r}")
+        if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+            raise TypeError(f"layers must be a list of 4 positive ints (blocks per stage), got {type(layers).__name__}")
         if len(layers) != 4:
             raise ValueError(f"layers must give the number of blocks of 4 stages, got {list(layers)!r}")
         check_positive_ints(num_classes=num_classes, num_filters=num_filters, in_channels=in_channels)
