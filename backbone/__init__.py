@@ -10,7 +10,7 @@ Example:
 """
 
 from backbone.base import RETURN_TYPES, BackboneOutput, MammothBackbone, ReturnType, check_returnt
-from backbone.check import ContractError, RuleResult, check_backbone
+from backbone.check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
 from backbone.flat import get_grads, get_grads_list, get_params, set_grads, set_params
 from backbone.init import xavier
 from backbone.models import MNISTMLP, BasicBlock, Bottleneck, ResNet, reduced_resnet18, resnet18, resnet34, resnet50
@@ -27,6 +27,7 @@ from backbone.shapes import num_flat_features
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONTRACT_RULES",
     "MNISTMLP",
     "RETURN_TYPES",
     "BackboneOutput",

@@ -226,7 +226,9 @@ class MammothBackbone(nn.Module):
         """
         returnt = check_returnt(returnt)
         if not isinstance(x, Tensor):
-            raise TypeError(f"{type(self).__name__} expects the input batch x to be a torch.Tensor, got {type(x).__name__}")
+            raise TypeError(
+                f"{type(self).__name__} expects the input batch x to be a torch.Tensor, got {type(x).__name__}"
+            )
         if returnt == "features":
             return self.forward_features(x)
         if returnt == "full":

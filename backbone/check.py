@@ -11,7 +11,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ContractError", "RuleResult", "check_backbone"]
+__all__ = ["CONTRACT_RULES", "ContractError", "RuleResult", "check_backbone"]
 
 Status = Literal["pass", "fail", "skip"]
 
@@ -22,8 +22,9 @@ class RuleResult:
 
     Attributes:
         rule: what the rule requires, in a few words.
-        status: ``'pass'``, ``'fail'``, or ``'skip'`` (the rule does not apply,
-            for example ``feature_dim`` on a backbone that does not set it).
+        status: ``'pass'``, ``'fail'``, or ``'skip'``: the rule does not
+            apply (for example ``feature_dim`` on a backbone that does not
+            set it), so it was not verified.
         detail: why it failed or was skipped; empty when it passed.
 
     Example:
@@ -38,7 +39,7 @@ class RuleResult:
 
     @property
     def passed(self) -> bool:
-        """Whether the rule did not fail (a skipped rule did not fail).
+        """Whether the rule did not fail; a skipped rule did not fail, but was not verified either.
 
         Example:
             >>> from backbone import RuleResult
@@ -211,40 +212,98 @@ class _Checker:
         _require(callable(method), f"the backbone has no {name}() method (inherit from MammothBackbone)")
         return cast(Callable[..., Any], method)
 
+    def _flat(self, value: object, what: str) -> Tensor:
+        numel = sum(p.numel() for p in self.net.parameters())
+        _require(
+            isinstance(value, Tensor) and value.shape == (numel,),
+            f"{what} should be 1-D of {numel} (one element per parameter element), got {_describe(value)}",
+        )
+        return cast(Tensor, value)
+
+    def _pattern(self, like: Tensor) -> Tensor:
+        # Distinct small integers: exact in every dtype down to bfloat16, so
+        # a permuted or shifted layout cannot go unnoticed.
+        return (torch.arange(like.numel(), device=like.device) % 199 + 1).to(like.dtype)
+
+    def _each(self, read: Callable[[nn.Parameter], Tensor | None]) -> Tensor:
+        """One value per parameter (zeros for None), concatenated in parameters() order, as float64 on the CPU."""
+        pieces = [
+            torch.zeros(p.numel(), dtype=torch.float64) if t is None else t.detach().reshape(-1).double().cpu()
+            for p in self.net.parameters()
+            for t in [read(p)]
+        ]
+        return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
+
     def rule_params_round_trip(self) -> None:
         get_params, set_params = self._method("get_params"), self._method("set_params")
-        numel = sum(p.numel() for p in self.net.parameters())
-        flat = get_params()
-        _require(
-            isinstance(flat, Tensor) and flat.shape == (numel,),
-            f"get_params() should be 1-D of {numel}, got {_describe(flat)}",
+        flat = self._flat(get_params(), "get_params()").detach().clone()
+        self.close(flat.cpu(), self._each(lambda p: p), "get_params() and the parameters in parameters() order")
+        target = self._pattern(flat)
+        set_params(target)
+        self.close(self._each(lambda p: p), target.cpu(), "each parameter after set_params(v) and its slice of v")
+        self.close(
+            self._flat(get_params(), "get_params()").detach().cpu(), target.cpu(), "get_params() after set_params(v)"
         )
-        flat = flat.detach().clone()
-        set_params(flat + 1)
-        self.close(get_params().detach(), flat + 1, "get_params() after set_params(v)")
         set_params(flat)
         with torch.no_grad():
-            self.close(self.net(self.x, returnt="out"), self.out(), "the logits after a params round-trip")
+            self.close(self.net(self.x, returnt="out"), self.out(), "the logits after set_params(get_params())")
+
+    def rule_params_identity(self) -> None:
+        get_params, set_params = self._method("get_params"), self._method("set_params")
+        before = list(self.net.parameters())
+        set_params(self._flat(get_params(), "get_params()").detach().clone())
+        after = list(self.net.parameters())
+        replaced = [name for (name, p), q in zip(self.net.named_parameters(), before, strict=False) if p is not q] or [
+            "(the number of parameters changed)"
+        ] * (len(before) != len(after))
+        _require(
+            not replaced,
+            f"set_params replaced the Parameter objects {', '.join(replaced[:5])}; an optimizer built before "
+            "would no longer update them (copy into the parameters in place instead)",
+        )
+
+    def rule_params_differentiable(self) -> None:
+        get_params, get_grads = self._method("get_params"), self._method("get_grads")
+        params = list(self.net.parameters())
+        if not any(p.requires_grad for p in params):
+            raise _Skip("no parameter requires grad, so there is nothing to differentiate")
+        self.net.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            flat = self._flat(get_params(), "get_params()")
+            _require(
+                flat.requires_grad,
+                "get_params() is detached from the parameters; a penalty built from it (EWC) sends them no gradient",
+            )
+            weights = self._pattern(flat)
+            (flat * weights).sum().backward()
+        expected = torch.cat(
+            [
+                w if p.requires_grad else torch.zeros_like(w)
+                for p, w in zip(params, weights.detach().double().cpu().split([p.numel() for p in params]), strict=True)
+            ]
+        )
+        self.close(
+            self._each(lambda p: p.grad), expected, "the .grad of each parameter after backward through get_params()"
+        )
+        self.close(
+            self._flat(get_grads(), "get_grads()").cpu(), expected, "get_grads() after backward through get_params()"
+        )
 
     def rule_grads_round_trip(self) -> None:
         get_grads, set_grads = self._method("get_grads"), self._method("set_grads")
-        numel = sum(p.numel() for p in self.net.parameters())
         self.net.zero_grad(set_to_none=True)
-        self.net(self.x, returnt="out").double().sum().backward()
-        pieces = [
-            torch.zeros(p.numel()) if p.grad is None else p.grad.detach().reshape(-1).double().cpu()
-            for p in self.net.parameters()
-        ]
-        expected = torch.cat(pieces) if pieces else torch.zeros(0)
-        grads = get_grads()
-        _require(
-            isinstance(grads, Tensor) and grads.shape == (numel,),
-            f"get_grads() should be 1-D of {numel}, got {_describe(grads)}",
+        with torch.enable_grad():
+            out = self.net(self.x, returnt="out")
+            if isinstance(out, Tensor) and out.requires_grad:
+                out.double().sum().backward()
+        grads = self._flat(get_grads(), "get_grads()").detach().clone()
+        self.close(grads.cpu(), self._each(lambda p: p.grad), "get_grads() and the parameters' .grad")
+        target = self._pattern(grads)
+        set_grads(target)
+        self.close(
+            self._each(lambda p: p.grad), target.cpu(), "each parameter's .grad after set_grads(v) and its slice of v"
         )
-        self.close(grads.cpu(), expected, "get_grads() and the parameters' .grad")
-        grads = grads.detach().clone()
-        set_grads(grads * 2)
-        self.close(get_grads(), grads * 2, "get_grads() after set_grads(v)")
+        self.close(self._flat(get_grads(), "get_grads()").cpu(), target.cpu(), "get_grads() after set_grads(v)")
         set_grads(grads)
         with torch.no_grad():
             self.close(self.net(self.x, returnt="out"), self.out(), "the logits after a grads round-trip")
@@ -265,42 +324,79 @@ class _Checker:
         self.close(out, self.out(), "the float64 and original logits")
 
 
-_RULES: list[tuple[str, Callable[[_Checker], None]]] = [
+_RULES: tuple[tuple[str, Callable[[_Checker], None]], ...] = (
     ("returnt='out' gives logits [B, C], the default", _Checker.rule_out),
     ("returnt='features' gives features [B, D]", _Checker.rule_features),
     ("returnt='both' gives (logits, features) that agree", _Checker.rule_both),
-    ("returnt='full' gives (logits, [stage outputs])", _Checker.rule_full),
+    ("returnt='full' gives (logits, [stage outputs]) with the same logits", _Checker.rule_full),
     ("features(x) equals returnt='features'", _Checker.rule_features_method),
     ("an unknown returnt raises ValueError", _Checker.rule_unknown_returnt),
     ("classifier(features) gives the logits", _Checker.rule_classifier),
     ("feature_dim equals D", _Checker.rule_feature_dim),
-    ("set_params(get_params()) round-trips", _Checker.rule_params_round_trip),
-    ("set_grads(get_grads()) round-trips", _Checker.rule_grads_round_trip),
+    ("set_params(v) writes v in parameters() order and round-trips", _Checker.rule_params_round_trip),
+    ("set_params keeps the Parameter objects", _Checker.rule_params_identity),
+    ("get_params() is differentiable, laid out like get_grads()", _Checker.rule_params_differentiable),
+    ("set_grads(v) writes v into .grad in parameters() order and round-trips", _Checker.rule_grads_round_trip),
     ("to(torch.float64) converts the backbone", _Checker.rule_float64),
-]
+)
+
+CONTRACT_RULES: tuple[str, ...] = tuple(rule for rule, _ in _RULES)
+"""What :func:`check_backbone` verifies, one line per rule, in the order it checks them.
+
+This tuple is the one list of rules: the checker runs them, the command line
+and the docs count them from here.
+
+Example:
+    >>> from backbone import CONTRACT_RULES
+    >>> CONTRACT_RULES[0]
+    "returnt='out' gives logits [B, C], the default"
+"""
 
 
 @contextmanager
 def _preserved(net: nn.Module) -> Iterator[None]:
-    """Restore modes, parameter values, gradients and buffers on exit."""
-    modes = [(m, m.training) for m in net.modules()]
-    params = [
-        (p, p.detach().clone(), p.grad, None if p.grad is None else p.grad.detach().clone()) for p in net.parameters()
-    ]
-    buffers = [(b, b.clone()) for b in net.buffers()]
+    """Restore on exit everything a forward or a flat operation can change.
+
+    Training modes; the parameter, buffer and tensor-attribute objects of
+    every module (reassigned ones put back, added ones removed) and their
+    values; each parameter's ``.grad`` object and value.
+    """
+    modules = list(net.modules())
+    modes = [(m, m.training) for m in modules]
+    slots = [(m, dict(m._parameters), dict(m._buffers), _tensor_attributes(m)) for m in modules]
+    values = {id(t): (t, t.detach().clone()) for m, *dicts in slots for d in dicts for t in d.values() if t is not None}
+    grads = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in net.parameters()]
     try:
         yield
     finally:
         with torch.no_grad():
             for module, training in modes:
                 module.training = training
-            for p, value, grad, grad_value in params:
-                p.copy_(value)
+            for module, parameters, buffers, attributes in slots:
+                module._parameters.clear()
+                module._parameters.update(parameters)
+                module._buffers.clear()
+                module._buffers.update(buffers)
+                for name in _tensor_attributes(module).keys() - attributes.keys():
+                    del module.__dict__[name]
+                module.__dict__.update(attributes)
+            for t, value in values.values():
+                _put_back(t, value)
+            for p, grad, grad_value in grads:
                 if grad is not None and grad_value is not None:
-                    grad.copy_(grad_value)
+                    _put_back(grad, grad_value)
                 p.grad = grad
-            for b, value in buffers:
-                b.copy_(value)
+
+
+def _tensor_attributes(module: nn.Module) -> dict[str, Tensor]:
+    return {name: value for name, value in vars(module).items() if isinstance(value, Tensor)}
+
+
+def _put_back(t: Tensor, value: Tensor) -> None:
+    if t.shape != value.shape or t.dtype != value.dtype or t.device != value.device:
+        t.data = value
+    elif not torch.equal(t, value):
+        t.copy_(value)
 
 
 def check_backbone(
@@ -308,19 +404,28 @@ def check_backbone(
 ) -> list[RuleResult]:
     """Check ``net`` against the backbone contract, on ``example_input``.
 
-    Every rule runs, in eval mode, even after one fails:
+    Every rule of :data:`CONTRACT_RULES` runs, in eval mode, even after one
+    fails:
 
     * each ``returnt`` value returns the documented type with batch dimension
       ``B``, and the four agree with each other; ``features(x)`` agrees too;
     * an unknown ``returnt`` raises :class:`ValueError`;
     * ``classifier(features)`` gives the logits and ``feature_dim`` equals
       ``D``, where the backbone sets them;
-    * ``set_params``/``get_params`` and ``set_grads``/``get_grads`` round-trip
-      and leave the outputs unchanged;
+    * ``set_params`` writes each parameter's slice of the vector in place
+      (the Parameter objects stay the same), ``get_params`` is
+      differentiable and laid out like ``get_grads``, ``set_grads`` writes
+      each ``.grad``'s slice, and the round-trips leave the outputs unchanged;
     * ``to(torch.float64)`` converts the backbone (tried on a deep copy).
 
-    The backbone is left as it was found: training mode, parameters,
-    gradients, buffers and dtype.
+    A rule that does not apply (no ``classifier``, no parameter that requires
+    grad) is reported with status ``'skip'``: not verified, and not a
+    failure. The rules run with autograd enabled, even when called under
+    :func:`torch.inference_mode` or with an input made there.
+
+    The backbone is left as it was found: training modes; the parameter,
+    buffer and tensor-attribute objects of every module and their values
+    (reassigned ones are put back, added ones removed); and each ``.grad``.
 
     Args:
         net: the backbone.
@@ -334,15 +439,20 @@ def check_backbone(
     Raises:
         ContractError: a rule failed; the error lists every failed rule and
             carries all results in ``results``.
-        TypeError: ``net`` is not a module or ``example_input`` not a tensor.
-        ValueError: ``example_input`` has no batch dimension.
+        TypeError: ``net`` is not a module, ``example_input`` not a tensor,
+            or a tolerance not a float.
+        ValueError: ``example_input`` has no batch dimension, or a tolerance
+            is negative.
 
     Example:
         >>> import torch
         >>> from backbone import MNISTMLP, check_backbone
         >>> results = check_backbone(MNISTMLP(784, 10), torch.randn(4, 784))
-        >>> all(r.passed for r in results), len(results)
-        (True, 11)
+        >>> all(r.status == "pass" for r in results)
+        True
+        >>> from backbone import CONTRACT_RULES
+        >>> [r.rule for r in results] == list(CONTRACT_RULES)
+        True
     """
     if not isinstance(net, nn.Module):
         raise TypeError(f"net must be a torch.nn.Module, got {type(net).__name__}")
@@ -350,10 +460,18 @@ def check_backbone(
         raise TypeError(f"example_input must be a torch.Tensor, got {type(example_input).__name__}")
     if example_input.dim() == 0 or example_input.shape[0] == 0:
         raise ValueError(f"example_input must have a non-empty batch dimension, got shape {tuple(example_input.shape)}")
+    for name, tolerance in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
+            raise TypeError(f"{name} must be a float, got {type(tolerance).__name__}")
+        if not tolerance >= 0:
+            raise ValueError(f"{name} must be a non-negative float, got {tolerance!r}")
     results = []
-    with _preserved(net):
+    # The rules need autograd: run them as normal code, even when called
+    # under torch.inference_mode() or with an input made there.
+    with torch.inference_mode(False), _preserved(net):
+        x = example_input.clone()
         net.eval()
-        checker = _Checker(net, example_input, rtol, atol)
+        checker = _Checker(net, x, float(rtol), float(atol))
         for rule, run in _RULES:
             results.append(_run_rule(rule, run, checker))
     if not all(r.passed for r in results):

@@ -29,7 +29,11 @@ def _list() -> int:
     rows = [("name", "parameters", "input", "out", "features", "stages")]
     for name in list_backbones():
         entry = registered(name)
-        net = get_backbone(name, **entry.example_kwargs).eval()
+        try:
+            net = get_backbone(name, **entry.example_kwargs).eval()
+        except Exception as error:
+            rows.append((name, f"cannot be built with its example arguments: {_one_line(error)}", "", "", "", ""))
+            continue
         count = f"{sum(p.numel() for p in net.parameters()):,}"
         if entry.example_input_shape is None:
             rows.append((name, count, "-", "-", "-", "-"))
@@ -69,14 +73,27 @@ def _kwargs(text: str) -> dict[str, Any]:
     return value
 
 
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def _build(target: str, kwargs: dict[str, Any], parser: argparse.ArgumentParser) -> tuple[torch.nn.Module, str]:
-    """Build the backbone named by ``target``: MODULE:ATTR, or a registered name."""
+    """Build the backbone named by ``target``: MODULE:ATTR, or a registered name.
+
+    Whatever goes wrong on the way (an import that fails, a syntax error in
+    the user's module, a constructor that raises) is a usage error: exit 2,
+    one line naming the cause.
+    """
     if ":" not in target:
         try:
             entry = registered(target)
-            return get_backbone(target, **{**entry.example_kwargs, **kwargs}), entry.name
         except (ValueError, TypeError) as error:
             parser.error(f"{error} (give MODULE:ATTR for your own backbone)")
+        try:
+            return get_backbone(target, **{**entry.example_kwargs, **kwargs}), entry.name
+        except Exception as error:
+            parser.error(f"cannot build {entry.name!r} with --kwargs {json.dumps(kwargs)}: {_one_line(error)}")
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         parser.error(f"expected MODULE:ATTR such as mypackage.nets:MyNet, got {target!r}")
@@ -86,8 +103,8 @@ def _build(target: str, kwargs: dict[str, Any], parser: argparse.ArgumentParser)
         obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except (ImportError, AttributeError) as error:
-        parser.error(f"cannot load {target!r}: {error}")
+    except Exception as error:
+        parser.error(f"cannot load {target!r}: {_one_line(error)}")
     if isinstance(obj, torch.nn.Module):
         if kwargs:
             parser.error(f"{target!r} is already a module; --kwargs applies to classes and factories")
@@ -96,8 +113,8 @@ def _build(target: str, kwargs: dict[str, Any], parser: argparse.ArgumentParser)
         parser.error(f"{target!r} is a {type(obj).__name__}, not a backbone class, factory or instance")
     try:
         net = obj(**kwargs)
-    except TypeError as error:
-        parser.error(f"cannot build {target!r} with --kwargs {json.dumps(kwargs)}: {error}")
+    except Exception as error:
+        parser.error(f"cannot build {target!r} with --kwargs {json.dumps(kwargs)}: {_one_line(error)}")
     if not isinstance(net, torch.nn.Module):
         parser.error(f"{target!r} returned a {type(net).__name__}, not a torch.nn.Module")
     return net, target
@@ -106,7 +123,18 @@ def _build(target: str, kwargs: dict[str, Any], parser: argparse.ArgumentParser)
 def _print_results(results: list[RuleResult]) -> None:
     for result in results:
         line = f"{_MARKS[result.status]}  {result.rule}"
+        if result.status == "skip":
+            line += " (not verified)"
         print(f"{line}: {result.detail}" if result.detail else line)
+
+
+def _summary(results: list[RuleResult]) -> str:
+    counts = {status: sum(r.status == status for r in results) for status in _MARKS}
+    if counts["fail"]:
+        return f"{counts['fail']} of {len(results)} rules broken"
+    if counts["skip"]:
+        return f"{counts['pass']} of {len(results)} rules hold; {counts['skip']} not verified (see SKIP)"
+    return f"all {len(results)} rules hold"
 
 
 def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -121,15 +149,16 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"note: {type(net).__name__} does not inherit from backbone.MammothBackbone")
     print(f"Checking {label} on an input of shape {tuple(x.shape)}")
     try:
-        results = check_backbone(net, x)
+        results, status = check_backbone(net, x), 0
     except ContractError as error:
-        _print_results(error.results)
-        failed = sum(not r.passed for r in error.results)
-        print(f"\n{failed} of {len(error.results)} rules broken")
-        return 1
-    _print_results(results)
-    print(f"\nall {len(results)} rules hold")
-    return 0
+        results, status = error.results, 1
+    try:
+        _print_results(results)
+        print(f"\n{_summary(results)}")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+    return status
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -162,8 +191,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status.
 
-    Exit status 0: success; 1: the checked backbone broke a rule; 2: a usage
-    error (argparse prints the message).
+    Exit status 0: success (a rule that does not apply is reported as not
+    verified, not as holding); 1: the checked backbone broke a rule; 2: a
+    usage error, including a target that cannot be imported or built (one
+    line names the cause). When the reader of the output goes away (``|
+    head``), the command stops quietly with the status it had.
 
     Args:
         argv: the arguments after ``python -m backbone``; ``sys.argv[1:]`` when None.
@@ -177,13 +209,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         Checking mnistmlp on an input of shape (4, 1, 28, 28)
         PASS  returnt='out' gives logits [B, C], the default
         ...
-        all 11 rules hold
+        all ... rules hold
         0
     """
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "list":
-        return _list()
-    if args.batch_size < 1:
+    if args.command != "list" and args.batch_size < 1:
         args.parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    return _check(args, args.parser)
+    try:
+        status = _list() if args.command == "list" else _check(args, args.parser)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return 0
+    return status
+
+
+def _silence_stdout() -> None:
+    """The reader stopped reading: send what is left, and the final flush, to devnull."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a file (captured in tests)
+        pass

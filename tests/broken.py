@@ -98,3 +98,78 @@ class NotABackbone(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(x)  # type: ignore[no-any-return]
+
+
+class FullLogitsDiffer(TinyNet):
+    """'full' gives a well-formed pair whose logits are not the logits."""
+
+    def forward(self, x: Tensor, returnt: str = "out"):  # type: ignore[no-untyped-def, override]
+        if returnt == "full":
+            logits, stages = super().forward(x, "full")
+            return logits + 1, stages
+        return super().forward(x, returnt)  # type: ignore[arg-type]
+
+
+class SetParamsReplacesParameters(TinyNet):
+    """Right values, new Parameter objects: an optimizer built before is detached."""
+
+    def set_params(self, new_params: Tensor) -> None:
+        offset = 0
+        for module in self.modules():
+            for name, p in list(module._parameters.items()):
+                assert p is not None
+                piece = new_params[offset : offset + p.numel()].view_as(p).clone()
+                setattr(module, name, torch.nn.Parameter(piece.to(p.dtype)))
+                offset += p.numel()
+
+
+class GetParamsDetached(TinyNet):
+    def get_params(self, *, out: Tensor | None = None) -> Tensor:
+        return super().get_params(out=out).detach()
+
+
+class ReversedLayout(TinyNet):
+    """get_params/set_params and get_grads/set_grads agree with each other, in reversed parameter order."""
+
+    def _order(self) -> list[torch.nn.Parameter]:
+        return list(self.parameters())[::-1]
+
+    def get_params(self, *, out: Tensor | None = None) -> Tensor:
+        return torch.cat([p.reshape(-1) for p in self._order()])
+
+    def set_params(self, new_params: Tensor) -> None:
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(new_params.clone(), self._order())
+
+    def get_grads(self, *, out: Tensor | None = None) -> Tensor:
+        return torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.reshape(-1) for p in self._order()])
+
+    def set_grads(self, new_grads: Tensor) -> None:
+        offset = 0
+        for p in self._order():
+            p.grad = new_grads[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
+
+class SetGradsReversed(TinyNet):
+    """set_grads writes the pieces in reversed order; get_grads reads them back the same way."""
+
+    def _order(self) -> list[torch.nn.Parameter]:
+        return list(self.parameters())[::-1]
+
+    def get_grads(self, *, out: Tensor | None = None) -> Tensor:
+        return torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.reshape(-1) for p in self._order()])
+
+    def set_grads(self, new_grads: Tensor) -> None:
+        offset = 0
+        for p in self._order():
+            p.grad = new_grads[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
+
+class LogitsStayFloat32(TinyNet):
+    """Converts its parameters but casts the logits back to float32."""
+
+    def forward(self, x: Tensor, returnt: str = "out"):  # type: ignore[no-untyped-def, override]
+        result = super().forward(x, returnt)  # type: ignore[arg-type]
+        return result.float() if isinstance(result, Tensor) else result

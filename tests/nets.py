@@ -104,3 +104,31 @@ def assert_unchanged(net: nn.Module, before: list[tuple[Tensor, Tensor | None]])
         assert (g0 is None) == (g1 is None)
         if g0 is not None:
             assert g1 is not None and torch.equal(g0, g1)
+
+
+class DropoutNet(TinyNet):
+    """Valid, but random in training mode: the checker must run it in eval mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(0.5)
+
+    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        features, stages = super().forward_intermediates(x)
+        return self.dropout(features), stages
+
+
+class StatefulNet(TinyNet):
+    """A forward that changes state: a counter in place, a reassigned buffer, a tensor attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+        self.register_buffer("last_mean", torch.zeros(3))
+
+    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        features, stages = super().forward_intermediates(x)
+        self.calls += 1
+        self.last_mean = features.detach().mean(0)  # reassigns the buffer
+        self.stage1.seen = x.detach()  # a tensor attribute, as Mammoth's blocks keep 'prerelu'
+        return features, stages

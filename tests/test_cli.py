@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from backbone import CONTRACT_RULES
 from backbone.cli import main
+
+N = len(CONTRACT_RULES)
 
 USER_MODULE = textwrap.dedent(
     """
@@ -39,6 +42,16 @@ USER_MODULE = textwrap.dedent(
         return Good(num_classes=num_classes)
 
 
+    def explodes(**kwargs):
+        raise RuntimeError("needs a GPU")
+
+
+    class Frozen(Good):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.requires_grad_(False)
+
+
     instance = Good()
     not_a_backbone = 42
     """
@@ -48,6 +61,8 @@ USER_MODULE = textwrap.dedent(
 @pytest.fixture
 def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "user_nets.py").write_text(USER_MODULE)
+    (tmp_path / "syntax_error.py").write_text("class Net(:\n    pass\n")
+    (tmp_path / "raises_on_import.py").write_text("1 / 0\n")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
     sys.modules.pop("user_nets", None)
@@ -68,14 +83,22 @@ def test_list(capsys: pytest.CaptureFixture[str]) -> None:
 def test_check_registered_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "reduced_resnet18"]) == 0
     out = capsys.readouterr().out
-    assert out.count("PASS  ") == 11
-    assert "all 11 rules hold" in out
+    assert out.count("PASS  ") == N
+    assert f"all {N} rules hold" in out
 
 
 @pytest.mark.parametrize("target", ["user_nets:Good", "user_nets:make_good", "user_nets:instance"])
 def test_check_user_backbone_passes(user_dir: Path, capsys: pytest.CaptureFixture[str], target: str) -> None:
     assert main(["check", target, "--input-shape", "3,8,8"]) == 0
-    assert "all 11 rules hold" in capsys.readouterr().out
+    assert f"all {N} rules hold" in capsys.readouterr().out
+
+
+def test_a_skipped_rule_is_not_reported_as_holding(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "user_nets:Frozen", "--input-shape", "3,8,8"]) == 0
+    out = capsys.readouterr().out
+    assert "SKIP  get_params() is differentiable, laid out like get_grads() (not verified)" in out
+    assert f"{N - 1} of {N} rules hold; 1 not verified" in out
+    assert "all" not in out.splitlines()[-1]
 
 
 def test_check_user_backbone_with_kwargs(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,8 +110,8 @@ def test_check_broken_backbone_exits_1(user_dir: Path, capsys: pytest.CaptureFix
     assert main(["check", "user_nets:Lenient", "--input-shape", "3,8,8"]) == 1
     out = capsys.readouterr().out
     assert "FAIL  an unknown returnt raises ValueError: returned Tensor of shape (4, 3)" in out
-    assert out.count("PASS  ") == 10
-    assert "1 of 11 rules broken" in out
+    assert out.count("PASS  ") == N - 1
+    assert f"1 of {N} rules broken" in out
 
 
 @pytest.mark.parametrize(
@@ -107,6 +130,14 @@ def test_check_broken_backbone_exits_1(user_dir: Path, capsys: pytest.CaptureFix
         (["check", "user_nets:Good", "--batch-size", "0"], "--batch-size must be at least 1"),
         (["check", "resnet81"], "did you mean 'resnet18'"),
         (["check", "resnet18", "--kwargs", '{"classes": 3}'], "accepts num_classes, num_filters=64"),
+        (["check", "resnet18", "--kwargs", '{"num_classes": -1}'], "ValueError: num_classes must be a positive int"),
+        (
+            ["check", "user_nets:explodes"],
+            "cannot build 'user_nets:explodes' with --kwargs {}: RuntimeError: needs a GPU",
+        ),
+        (["check", "user_nets:Good", "--kwargs", '{"width": -1}'], "cannot build 'user_nets:Good'"),
+        (["check", "syntax_error:Net"], "cannot load 'syntax_error:Net': SyntaxError"),
+        (["check", "raises_on_import:Net"], "cannot load 'raises_on_import:Net': ZeroDivisionError"),
         (["check"], "the following arguments are required: target"),
         ([], "the following arguments are required: COMMAND"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -118,6 +149,7 @@ def test_usage_errors_exit_2(user_dir: Path, capsys: pytest.CaptureFixture[str],
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "usage:" in err
+    assert err.strip().splitlines()[-1].startswith("python -m backbone")  # one line names the cause
 
 
 def test_python_dash_m_entry_point(user_dir: Path) -> None:
@@ -140,3 +172,31 @@ def test_python_dash_m_entry_point(user_dir: Path) -> None:
     )
     assert usage.returncode == 2
     assert "Traceback" not in usage.stderr and "error: cannot load" in usage.stderr
+
+
+@pytest.mark.parametrize("argv", [["list"], ["check", "mnistmlp"]])
+def test_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
+    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    writer = subprocess.run(
+        [sys.executable, "-m", "backbone", *argv], stdout=reader.stdin, stderr=subprocess.PIPE, text=True, check=False
+    )
+    assert reader.stdin is not None
+    reader.stdin.close()
+    reader.wait()
+    assert writer.returncode == 0
+    assert writer.stderr == ""
+
+
+def test_list_reports_an_entry_that_cannot_be_built(capsys: pytest.CaptureFixture[str]) -> None:
+    from backbone import register_backbone, unregister_backbone
+
+    @register_backbone("needs-args")
+    def needs_args(depth: int) -> None:  # type: ignore[return]
+        pass
+
+    try:
+        assert main(["list"]) == 0
+    finally:
+        unregister_backbone("needs-args")
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("needs-args"))
+    assert "cannot be built with its example arguments: TypeError" in line
