@@ -275,11 +275,13 @@ class _Checker:
                 "get_params() is detached from the parameters; a penalty built from it (EWC) sends them no gradient",
             )
             weights = self._pattern(flat)
-            (flat * weights).sum().backward()
+            torch.autograd.backward((flat * weights).sum())
         expected = torch.cat(
             [
                 w if p.requires_grad else torch.zeros_like(w)
-                for p, w in zip(params, weights.detach().double().cpu().split([p.numel() for p in params]), strict=True)
+                for p, w in zip(
+                    params, torch.split(weights.detach().double().cpu(), [p.numel() for p in params]), strict=True
+                )
             ]
         )
         self.close(
@@ -295,7 +297,7 @@ class _Checker:
         with torch.enable_grad():
             out = self.net(self.x, returnt="out")
             if isinstance(out, Tensor) and out.requires_grad:
-                out.double().sum().backward()
+                torch.autograd.backward(out.double().sum())
         grads = self._flat(get_grads(), "get_grads()").detach().clone()
         self.close(grads.cpu(), self._each(lambda p: p.grad), "get_grads() and the parameters' .grad")
         target = self._pattern(grads)
@@ -363,8 +365,16 @@ def _preserved(net: nn.Module) -> Iterator[None]:
     """
     modules = list(net.modules())
     modes = [(m, m.training) for m in modules]
-    slots = [(m, dict(m._parameters), dict(m._buffers), _tensor_attributes(m)) for m in modules]
-    values = {id(t): (t, t.detach().clone()) for m, *dicts in slots for d in dicts for t in d.values() if t is not None}
+    slots: list[tuple[nn.Module, dict[str, Any], dict[str, Any], dict[str, Tensor]]] = [
+        (m, dict(m._parameters), dict(m._buffers), _tensor_attributes(m)) for m in modules
+    ]
+    values = {
+        id(t): (t, t.detach().clone())
+        for _, *dicts in slots
+        for d in dicts
+        for t in d.values()
+        if isinstance(t, Tensor)
+    }
     grads = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in net.parameters()]
     try:
         yield

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -227,7 +228,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _silence_stdout() -> None:
     """The reader stopped reading: send what is left, and the final flush, to devnull."""
-    try:
+    with contextlib.suppress(OSError, ValueError):  # ValueError: stdout is not a file (captured in tests)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout is not a file (captured in tests)
-        pass

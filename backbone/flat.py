@@ -136,7 +136,11 @@ def _check_out(out: object, module: nn.Module, params: list[nn.Parameter]) -> Te
     if out.dtype != dtype:
         raise TypeError(f"out must have the result's dtype {dtype}, got {out.dtype}")
     _check_writable(out, "out")
-    for kind, tensors in (("parameter", list(params)), ("gradient of parameter", [p.grad for p in params])):
+    tensors_by_kind: list[tuple[str, list[Tensor | None]]] = [
+        ("parameter", list(params)),
+        ("gradient of parameter", [p.grad for p in params]),
+    ]
+    for kind, tensors in tensors_by_kind:
         hit = _first_overlap(out, tensors)
         if hit is not None:
             raise ValueError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -80,7 +80,7 @@ def xavier(m: nn.Module) -> None:
     # A parametrization may turn out unable to represent the value only once
     # it is assigned, and right_inverse may replace buffers: keep what was
     # there, objects and values, to put it back.
-    saved = [
+    saved: list[tuple[dict[str, Any], str, Tensor, Tensor]] = [
         (slots, key, t, t.detach().clone())
         for module in m.modules()
         for slots in (module._parameters, module._buffers)
@@ -115,17 +115,21 @@ def _glorot_uniform(m: nn.Linear) -> Tensor | None:
 def _source_tensor(m: nn.Module, name: str) -> Tensor:
     """A tensor ``name`` is computed from, for its dtype and device, without computing it."""
     if parametrize.is_parametrized(m, name):
-        parametrization = m.parametrizations[name]
+        parametrization = _parametrizations(m, name)
         return next(itertools.chain(parametrization.parameters(), parametrization.buffers()))
     if name in m._parameters:
         return cast(Tensor, m._parameters[name])
     return cast(Tensor, getattr(m, f"{name}_v", getattr(m, name)))
 
 
+def _parametrizations(m: nn.Module, name: str) -> nn.ModuleList:
+    return cast(nn.ModuleList, cast(nn.ModuleDict, m.parametrizations)[name])
+
+
 def _writer(m: nn.Linear, name: str) -> Callable[[Tensor], object]:
     """How to make ``m``'s effective ``name`` a given tensor; raises if there is no way."""
     if parametrize.is_parametrized(m, name):
-        missing = [type(p).__name__ for p in m.parametrizations[name] if not hasattr(p, "right_inverse")]
+        missing = [type(p).__name__ for p in _parametrizations(m, name) if not hasattr(p, "right_inverse")]
         if missing:
             raise TypeError(
                 f"xavier expects every parametrization of {name} to have right_inverse, so that the {name} can be "
@@ -133,7 +137,7 @@ def _writer(m: nn.Linear, name: str) -> Callable[[Tensor], object]:
             )
         return lambda value: _assign_parametrized(m, name, value)
     if name in m._parameters:
-        return getattr(m, name).copy_
+        return cast(Tensor, getattr(m, name)).copy_
     for hook in m._forward_pre_hooks.values():
         if isinstance(hook, WeightNorm) and hook.name == name:
             return lambda value: _set_weight_norm(m, hook, value)
@@ -149,7 +153,7 @@ def _assign_parametrized(m: nn.Module, name: str, value: Tensor) -> None:
     actual = getattr(m, name)
     tolerance = 16 * torch.finfo(value.dtype).eps
     if not torch.allclose(actual, value, rtol=tolerance, atol=tolerance * value.abs().max().item()):
-        names = ", ".join(type(p).__name__ for p in m.parametrizations[name])
+        names = ", ".join(type(p).__name__ for p in _parametrizations(m, name))
         raise TypeError(
             f"xavier expects a parametrization that can represent any {name}, so that the effective {name} is "
             f"Glorot-uniform; got {names} on {type(m).__name__}, which changes the assigned {name}"
