@@ -13,6 +13,15 @@ import shutil
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Named hypothesis profiles: HYPOTHESIS_PROFILE=dev explores more examples;
+# ci (the default) is derandomised, so a CI run is reproducible.
+settings.register_profile(
+    "ci", max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=500, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def _required(name: str) -> bool:

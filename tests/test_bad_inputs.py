@@ -1,0 +1,326 @@
+"""Every public entry point, given bad input: the documented error, and nothing changed.
+
+Each row of ``MATRIX`` builds a fresh model, makes one bad call, and checks
+the exception type, a fragment of its message, and that the model's
+parameters (objects and values), gradients (objects and values), buffers,
+training modes and the registry are exactly as before. The fragments are the
+ones listed on the Errors page (docs/errors.rst); ``test_the_errors_page_
+lists_exactly_the_matrix`` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from nets import TinyNet
+from torch import Tensor, nn
+from torch.nn.utils import parametrizations, parametrize
+
+import backbone
+from backbone import registry
+
+ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.rst"
+
+
+@dataclass(frozen=True)
+class Bad:
+    id: str
+    call: Callable[[Any], object]
+    error: type[Exception]
+    message: str
+    build: Callable[[], nn.Module] = TinyNet
+
+
+def numel(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def with_grads(net: nn.Module | None = None) -> nn.Module:
+    net = TinyNet() if net is None else net
+    net(torch.randn(3, 4)).sum().backward()
+    return net
+
+
+def half_grads() -> nn.Module:
+    """Gradients on the first parameters only: a half-way write would show."""
+    net = TinyNet()
+    for p in list(net.parameters())[:3]:
+        p.grad = torch.randn_like(p)
+    return net
+
+
+def last_param(net: nn.Module) -> nn.Parameter:
+    return list(net.parameters())[-1]
+
+
+def inference_param_last() -> nn.Module:
+    net = with_grads()
+    with torch.inference_mode():
+        net.classifier.bias = nn.Parameter(torch.zeros(2))
+    return net
+
+
+def expanded_param_last() -> nn.Module:
+    net = TinyNet()
+    net.classifier.bias = nn.Parameter(torch.zeros(1).expand(2))
+    return net
+
+
+def expanded_grad_last() -> nn.Module:
+    net = half_grads()
+    last_param(net).grad = torch.zeros(1).expand(2)
+    return net
+
+
+def inference_grad_last() -> nn.Module:
+    net = half_grads()
+    with torch.inference_mode():
+        grad = torch.zeros(2)
+    last_param(net).grad = grad
+    return net
+
+
+class SparseEmbeddingNet(TinyNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(5, 2, sparse=True)
+
+
+def sparse_grad_last() -> nn.Module:
+    net = half_grads()
+    embedding = nn.Embedding(5, 2, sparse=True)
+    embedding(torch.tensor([1, 1, 3])).sum().backward()
+    net.embedding = embedding
+    return net
+
+
+class SparseParameterNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = nn.Parameter(torch.ones(3))
+        self.sparse = nn.Parameter(torch.sparse_coo_tensor([[0]], [1.0], (4,)))
+
+
+class ViewsOfOneBuffer(nn.Module):
+    """Parameters that are views of one buffer, with gradients that are too."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storage = torch.arange(20.0)
+        self.a = nn.Parameter(self.storage[0:6].view(2, 3))
+        self.b = nn.Parameter(self.storage[6:8])
+        self.grad_storage = torch.zeros(8)
+        self.a.grad = self.grad_storage[0:6].view(2, 3)
+        self.b.grad = self.grad_storage[6:8]
+
+
+def linear_with(hooked: Callable[[nn.Linear], nn.Module]) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return hooked(nn.Linear(4, 3))
+
+    return build
+
+
+class Double(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return 2 * x
+
+
+def no_right_inverse() -> nn.Module:
+    return parametrize.register_parametrization(nn.Linear(4, 3), "weight", Double())
+
+
+def meta(n: int) -> Tensor:
+    return torch.zeros(n, device="meta")
+
+
+def sparse(n: int) -> Tensor:
+    return torch.zeros(n).to_sparse()
+
+
+def inference(n: int) -> Tensor:
+    with torch.inference_mode():
+        return torch.zeros(n)
+
+
+def register(name: object, **kwargs: Any) -> object:
+    return backbone.register_backbone(name, **kwargs)(backbone.MNISTMLP)  # type: ignore[arg-type]
+
+
+N = 35  # numel(TinyNet())
+
+# One row per bad call; kept one line a row so that the table reads as one.
+# fmt: off
+MATRIX = [
+    # --- flat getters ------------------------------------------------------
+    Bad("get_params/module", lambda n: backbone.get_params("net"), TypeError, "expected a torch.nn.Module, got"),
+    Bad("get_grads/module", lambda n: backbone.get_grads(None), TypeError, "expected a torch.nn.Module, got"),
+    Bad("get_grads_list/module", lambda n: backbone.get_grads_list(3), TypeError, "expected a torch.nn.Module, got"),
+    Bad("out/list", lambda n: n.get_params(out=[0.0] * N), TypeError, "out must be a torch.Tensor, got"),
+    Bad("out/2d", lambda n: n.get_grads(out=torch.zeros(5, 7)), ValueError, "out must be a 1-D tensor, got shape"),
+    Bad("out/length", lambda n: n.get_grads(out=torch.zeros(N - 1)), ValueError, "(one per parameter element), got"),
+    Bad("out/int", lambda n: n.get_params(out=torch.zeros(N, dtype=torch.int64)), TypeError, "out must have the result's dtype"),
+    Bad("out/bool", lambda n: n.get_grads(out=torch.zeros(N, dtype=torch.bool)), TypeError, "out must have the result's dtype"),
+    Bad("out/float64", lambda n: n.get_grads(out=torch.zeros(N, dtype=torch.float64)), TypeError, "out must have the result's dtype"),
+    Bad("out/meta", lambda n: n.get_params(out=meta(N)), ValueError, "must hold data, got a tensor on the meta device"),
+    Bad("out/sparse", lambda n: n.get_grads(out=sparse(N)), TypeError, "must be a dense (strided) tensor, got layout"),
+    Bad("out/expanded", lambda n: n.get_grads(out=torch.zeros(1).expand(N)), ValueError, "cannot be written element by element"),
+    Bad("out/inference", lambda n: n.get_params(out=inference(N)), ValueError, "is an inference tensor"),
+    Bad("out/a-parameter", lambda n: backbone.get_params(n, out=n.storage[0:8]), ValueError, "out must not share memory with the model", ViewsOfOneBuffer),
+    Bad("out/a-parameter-tail", lambda n: backbone.get_grads(n, out=n.storage[7:15]), ValueError, "out must not share memory with the model", ViewsOfOneBuffer),
+    Bad("out/a-gradient", lambda n: backbone.get_grads(n, out=n.grad_storage), ValueError, "out must not share memory with the model", ViewsOfOneBuffer),
+    Bad("getters/sparse-parameter", lambda n: backbone.get_params(n), TypeError, "must be a dense (strided) tensor, got layout", SparseParameterNet),
+    Bad("get_grads_list/sparse-parameter", lambda n: backbone.get_grads_list(n), TypeError, "must be a dense (strided) tensor, got layout", SparseParameterNet),
+    # --- flat setters ------------------------------------------------------
+    Bad("set_params/module", lambda n: backbone.set_params([], torch.zeros(0)), TypeError, "expected a torch.nn.Module, got"),
+    Bad("set_params/list", lambda n: n.set_params([0.0] * N), TypeError, "new_params must be a torch.Tensor, got"),
+    Bad("set_params/2d", lambda n: n.set_params(torch.zeros(5, 7)), ValueError, "new_params must be a 1-D tensor, got shape"),
+    Bad("set_params/length", lambda n: n.set_params(torch.zeros(N + 1)), ValueError, "(one per parameter element), got"),
+    Bad("set_params/complex", lambda n: n.set_params(torch.zeros(N, dtype=torch.complex64)), TypeError, "which cannot be cast to the parameters'"),
+    Bad("set_params/meta", lambda n: n.set_params(meta(N)), ValueError, "must hold data, got a tensor on the meta device"),
+    Bad("set_params/sparse", lambda n: n.set_params(sparse(N)), TypeError, "must be a dense (strided) tensor, got layout"),
+    Bad("set_params/inference-parameter", lambda n: n.set_params(torch.ones(N)), ValueError, "is an inference tensor", inference_param_last),
+    Bad("set_params/expanded-parameter", lambda n: n.set_params(torch.ones(N)), ValueError, "cannot be written element by element", expanded_param_last),
+    Bad("set_params/sparse-parameter", lambda n: backbone.set_params(n, torch.ones(7)), TypeError, "must be a dense (strided) tensor, got layout", SparseParameterNet),
+    Bad("set_grads/list", lambda n: n.set_grads((0.0,) * N), TypeError, "new_grads must be a torch.Tensor, got"),
+    Bad("set_grads/length", lambda n: n.set_grads(torch.zeros(N - 1)), ValueError, "(one per parameter element), got", half_grads),
+    Bad("set_grads/complex", lambda n: n.set_grads(torch.zeros(N, dtype=torch.complex128)), TypeError, "which cannot be cast to the parameters'", half_grads),
+    Bad("set_grads/meta", lambda n: n.set_grads(meta(N)), ValueError, "must hold data, got a tensor on the meta device", half_grads),
+    Bad("set_grads/sparse", lambda n: n.set_grads(sparse(N)), TypeError, "must be a dense (strided) tensor, got layout", half_grads),
+    Bad("set_grads/expanded-grad", lambda n: n.set_grads(torch.ones(N)), ValueError, "cannot be written element by element", expanded_grad_last),
+    Bad("set_grads/inference-grad", lambda n: n.set_grads(torch.ones(N)), ValueError, "is an inference tensor", inference_grad_last),
+    Bad("set_grads/sparse-grad", lambda n: n.set_grads(torch.ones(N + 10)), TypeError, "must be dense (strided) to be written in place", sparse_grad_last),
+    # --- helpers -----------------------------------------------------------
+    Bad("xavier/none", lambda n: backbone.xavier(None), TypeError, "xavier expects a torch.nn.Module, got"),
+    Bad("xavier/lazy", lambda n: backbone.xavier(n), TypeError, "xavier expects a materialised weight", lambda: nn.LazyLinear(3)),
+    Bad("xavier/spectral-norm", lambda n: backbone.xavier(n), TypeError, "that can represent any weight", linear_with(parametrizations.spectral_norm)),
+    Bad("xavier/orthogonal", lambda n: backbone.xavier(n), TypeError, "that can represent any weight", lambda: parametrizations.orthogonal(nn.Linear(3, 3))),
+    Bad("xavier/no-right-inverse", lambda n: backbone.xavier(n), TypeError, "to have right_inverse", no_right_inverse),
+    Bad("xavier/hook", lambda n: backbone.xavier(n), TypeError, "to be a parameter or a parametrization", linear_with(nn.utils.spectral_norm)),
+    Bad("num_flat_features/list", lambda n: backbone.num_flat_features([1, 2]), TypeError, "x must be a torch.Tensor, got"),
+    Bad("num_flat_features/0d", lambda n: backbone.num_flat_features(torch.tensor(1.0)), ValueError, "x must have a batch dimension"),
+    # --- the base class ----------------------------------------------------
+    Bad("check_returnt", lambda n: backbone.check_returnt("all"), ValueError, "returnt must be one of"),
+    Bad("forward/returnt", lambda n: n(torch.zeros(1, 4), returnt="logits"), ValueError, "returnt must be one of"),
+    Bad("forward/x", lambda n: n(None), TypeError, "expects the input batch x to be a torch.Tensor"),
+    Bad("init/keyword", lambda n: backbone.MammothBackbone(classes=3), TypeError, "accepts only the keyword argument 'device'"),
+    Bad("init/device", lambda n: backbone.MammothBackbone(device="bogus"), ValueError, "device must name a device"),
+    Bad("init/device-type", lambda n: backbone.MammothBackbone(device=1.5), TypeError, "device must be a torch.device"),
+    Bad("device/assign", lambda n: setattr(n, "device", "gpu:zero"), ValueError, "device must name a device"),
+    # --- reference backbones -----------------------------------------------
+    Bad("MNISTMLP/size", lambda n: backbone.MNISTMLP(0, 10), ValueError, "must be a positive int, got"),
+    Bad("MNISTMLP/bool", lambda n: backbone.MNISTMLP(784, True), ValueError, "must be a positive int, got"),
+    Bad("ResNet/block", lambda n: backbone.ResNet(nn.Linear, [1, 1, 1, 1], 10), TypeError, "block must be the class BasicBlock or Bottleneck"),
+    Bad("ResNet/layers-none", lambda n: backbone.ResNet(backbone.BasicBlock, None, 10), TypeError, "layers must be a list of 4 positive ints"),
+    Bad("ResNet/layers-3", lambda n: backbone.ResNet(backbone.BasicBlock, [2, 2, 2], 10), ValueError, "layers must give the number of blocks of 4 stages"),
+    Bad("resnet18/classes", lambda n: backbone.resnet18(0), ValueError, "must be a positive int, got"),
+    # --- registry ----------------------------------------------------------
+    Bad("register/empty", lambda n: register(""), ValueError, "a backbone name must be letters, digits"),
+    Bad("register/space", lambda n: register("  "), ValueError, "a backbone name must be letters, digits"),
+    Bad("register/inner-space", lambda n: register("my net"), ValueError, "a backbone name must be letters, digits"),
+    Bad("register/type", lambda n: register(18), TypeError, "a backbone name must be a str, got"),
+    Bad("register/shape-str", lambda n: register("x1", example_input_shape="abc"), TypeError, "example_input_shape must be a tuple of positive ints"),
+    Bad("register/shape-int", lambda n: register("x1", example_input_shape=5), TypeError, "example_input_shape must be a tuple of positive ints"),
+    Bad("register/shape-float", lambda n: register("x1", example_input_shape=(3.0, 2)), TypeError, "example_input_shape must be a tuple of positive ints"),
+    Bad("register/shape-negative", lambda n: register("x1", example_input_shape=(3, -1)), ValueError, "example_input_shape must be a non-empty tuple"),
+    Bad("register/shape-empty", lambda n: register("x1", example_input_shape=()), ValueError, "example_input_shape must be a non-empty tuple"),
+    Bad("register/kwargs", lambda n: register("x1", example_kwargs=[("a", 1)]), TypeError, "example_kwargs must be a dict"),
+    Bad("register/kwargs-keys", lambda n: register("x1", example_kwargs={1: 2}), TypeError, "example_kwargs must have str keys"),
+    Bad("register/duplicate", lambda n: register("ResNet18"), ValueError, "is already registered"),
+    Bad("register/not-a-backbone", lambda n: backbone.register_backbone("x1")(nn.Linear), TypeError, "expects a MammothBackbone subclass or a factory"),
+    Bad("get_backbone/unknown", lambda n: backbone.get_backbone("resnet81"), ValueError, "unknown backbone"),
+    Bad("get_backbone/type", lambda n: backbone.get_backbone(None), TypeError, "a backbone name must be a str, got"),
+    Bad("get_backbone/keyword", lambda n: backbone.get_backbone("resnet18", classes=3), TypeError, "got unexpected keyword arguments"),
+    Bad("get_backbone/missing", lambda n: backbone.get_backbone("resnet18"), TypeError, "missing a required argument"),
+    Bad("registered/unknown", lambda n: backbone.registered(""), ValueError, "unknown backbone"),
+    Bad("unregister/unknown", lambda n: backbone.unregister_backbone("nope"), ValueError, "unknown backbone"),
+    # --- checker -----------------------------------------------------------
+    Bad("check/net", lambda n: backbone.check_backbone("resnet18", torch.zeros(1)), TypeError, "net must be a torch.nn.Module, got"),
+    Bad("check/input", lambda n: backbone.check_backbone(n, [[0.0] * 4]), TypeError, "example_input must be a torch.Tensor, got"),
+    Bad("check/batch", lambda n: backbone.check_backbone(n, torch.zeros(0, 4)), ValueError, "example_input must have a non-empty batch dimension"),
+    Bad("check/rtol", lambda n: backbone.check_backbone(n, torch.zeros(1, 4), rtol=-1.0), ValueError, "must be a non-negative float, got"),
+    Bad("check/atol", lambda n: backbone.check_backbone(n, torch.zeros(1, 4), atol="small"), TypeError, "must be a float, got"),
+]
+# fmt: on
+
+
+def snapshot(net: nn.Module) -> dict[str, Any]:
+    modules = list(net.modules())
+    return {
+        "modes": [m.training for m in modules],
+        "slots": [(dict(m._parameters), dict(m._buffers)) for m in modules],
+        "values": [
+            (t, t.detach().clone())
+            for m in modules
+            for t in [*m._parameters.values(), *m._buffers.values()]
+            if t is not None
+            and t.layout == torch.strided
+            and t.device.type != "meta"
+            and not isinstance(t, nn.parameter.UninitializedTensorMixin)
+        ],
+        "grads": [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in net.parameters()],
+        "registry": dict(registry._REGISTRY),
+        "device": getattr(net, "_device_hint", None),
+    }
+
+
+def assert_unchanged(net: nn.Module, before: dict[str, Any]) -> None:
+    after = snapshot(net)
+    assert after["modes"] == before["modes"]
+    for (params0, buffers0), (params1, buffers1) in zip(before["slots"], after["slots"], strict=True):
+        assert params0.keys() == params1.keys() and all(params0[k] is params1[k] for k in params0)
+        assert buffers0.keys() == buffers1.keys() and all(buffers0[k] is buffers1[k] for k in buffers0)
+    for t, value in before["values"]:
+        assert torch.equal(t.detach(), value), "a parameter or buffer changed"
+    for p, grad, value in before["grads"]:
+        assert p.grad is grad, "a .grad object was created, replaced or removed"
+        if grad is not None and grad.layout == torch.strided:
+            assert torch.equal(grad, value), "a gradient's values changed"
+    assert after["registry"] == before["registry"]
+    assert after["device"] == before["device"]
+
+
+@pytest.mark.parametrize("bad", MATRIX, ids=[bad.id for bad in MATRIX])
+def test_bad_input_raises_the_documented_error_and_changes_nothing(bad: Bad) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sparse invariants, deprecated weight_norm
+        net = bad.build()
+        before = snapshot(net)
+        with pytest.raises(bad.error) as info:
+            bad.call(net)
+    assert bad.message in str(info.value)
+    assert type(info.value) is bad.error  # not a subclass with another meaning
+    assert_unchanged(net, before)
+
+
+def test_the_matrix_ids_are_unique() -> None:
+    assert len({bad.id for bad in MATRIX}) == len(MATRIX)
+
+
+ENTRY = re.compile(r"^``(?P<message>[^`]+)``\s+\((?P<error>TypeError|ValueError)\)$")
+
+
+def documented() -> set[tuple[str, str]]:
+    entries = set()
+    for line in ERRORS_PAGE.read_text().splitlines():
+        match = ENTRY.match(line)
+        if match:
+            entries.add((match["error"], match["message"]))
+    return entries
+
+
+def test_the_errors_page_lists_exactly_the_matrix() -> None:
+    tested = {(bad.error.__name__, bad.message) for bad in MATRIX}
+    page = documented()
+    assert page, "no entries found on docs/errors.rst"
+    assert sorted(tested - page) == [], "errors tested here but missing from docs/errors.rst"
+    assert sorted(page - tested) == [], "errors on docs/errors.rst that no test raises"
