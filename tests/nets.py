@@ -125,10 +125,12 @@ class StatefulNet(TinyNet):
         super().__init__()
         self.register_buffer("calls", torch.zeros(()))
         self.register_buffer("last_mean", torch.zeros(3))
+        self.stage2.last_input = torch.zeros(0)
 
     def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         features, stages = super().forward_intermediates(x)
         self.calls += 1
         self.last_mean = features.detach().mean(0)  # reassigns the buffer
-        self.stage1.seen = x.detach()  # a tensor attribute, as Mammoth's blocks keep 'prerelu'
+        self.stage1.seen = x.detach()  # a new tensor attribute, as Mammoth's blocks keep 'prerelu'
+        self.stage2.last_input = x.detach()  # an existing one, reassigned
         return features, stages

@@ -188,7 +188,7 @@ def test_checker_leaves_the_network_as_found(with_grads: bool) -> None:
 
 def test_checker_restores_in_place_and_reassigned_buffers_and_tensor_attributes() -> None:
     net = StatefulNet()
-    calls, last_mean = net.calls, net.last_mean
+    calls, last_mean, last_input = net.calls, net.last_mean, net.stage2.last_input
     net.stage2.note = torch.ones(2)
     note = net.stage2.note
     check_backbone(net, torch.randn(3, 4))
@@ -196,6 +196,7 @@ def test_checker_restores_in_place_and_reassigned_buffers_and_tensor_attributes(
     assert net.last_mean is last_mean and torch.equal(net.last_mean, torch.zeros(3))
     assert net.stage2.note is note
     assert "seen" not in vars(net.stage1)  # added by forward, removed again
+    assert net.stage2.last_input is last_input and last_input.shape == (0,)
     assert [name for name, _ in net.named_buffers()] == ["calls", "last_mean"]
 
 

@@ -46,6 +46,13 @@ USER_MODULE = textwrap.dedent(
         raise RuntimeError("needs a GPU")
 
 
+    class Only8x8(Good):
+        def forward_intermediates(self, x):
+            if tuple(x.shape[1:]) != (3, 8, 8):
+                raise ValueError(f"expected 3x8x8 inputs, got {tuple(x.shape[1:])}")
+            return super().forward_intermediates(x)
+
+
     class Frozen(Good):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
@@ -91,6 +98,12 @@ def test_check_registered_name(capsys: pytest.CaptureFixture[str]) -> None:
 def test_check_user_backbone_passes(user_dir: Path, capsys: pytest.CaptureFixture[str], target: str) -> None:
     assert main(["check", target, "--input-shape", "3,8,8"]) == 0
     assert f"all {N} rules hold" in capsys.readouterr().out
+
+
+def test_input_shape_is_the_shape_the_backbone_receives(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "user_nets:Only8x8", "--input-shape", "3,8,8", "--batch-size", "3"]) == 0
+    assert "on an input of shape (3, 3, 8, 8)" in capsys.readouterr().out
+    assert main(["check", "user_nets:Only8x8"]) == 1  # the default 3,32,32 is refused by this backbone
 
 
 def test_a_skipped_rule_is_not_reported_as_holding(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

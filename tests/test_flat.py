@@ -347,3 +347,13 @@ def test_grads_from_create_graph_come_back_detached() -> None:
     assert not net.get_grads().requires_grad
     assert not any(g.requires_grad for g in net.get_grads_list())
     net.zero_grad(set_to_none=True)  # break the cycle the warning is about
+
+
+def test_set_grads_creates_missing_grads_in_the_parameters_memory_format() -> None:
+    net = ConvNet().to(memory_format=torch.channels_last)
+    assert net.conv.weight.grad is None
+    net.set_grads(torch.arange(float(numel(net))))
+    grad = net.conv.weight.grad
+    assert grad is not None and grad.stride() == net.conv.weight.stride()
+    assert grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(net.get_grads(), torch.arange(float(numel(net))))
