@@ -15,6 +15,7 @@ parameters and gradients (values and objects) exactly as they were.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -88,20 +89,30 @@ def _first_overlap(vector: Tensor, tensors: list[Tensor | None]) -> int | None:
     return None
 
 
-def _check_writable(t: Tensor, what: str) -> None:
-    """Raise unless every element of ``t`` can be written in place, here and now."""
+def _unwritable(t: Tensor) -> tuple[type[Exception], str] | None:
+    """Why ``t`` cannot be written in place, element by element, here and now; None when it can."""
     if t.layout != torch.strided:
-        raise TypeError(f"{what} must be a dense (strided) tensor, got layout {t.layout}")
+        return TypeError, f"must be a dense (strided) tensor, got layout {t.layout}"
     if t.is_inference() and not torch.is_inference_mode_enabled():
-        raise ValueError(
-            f"{what} is an inference tensor (made under torch.inference_mode()) and cannot be written outside "
+        return ValueError, (
+            "is an inference tensor (made under torch.inference_mode()) and cannot be written outside "
             "inference mode; expected a normal tensor (replace it with a clone made outside inference mode)"
         )
     if not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1:
-        raise ValueError(
-            f"{what} cannot be written element by element: several of its elements share one memory location "
+        return ValueError, (
+            "cannot be written element by element: several of its elements share one memory location "
             f"(strides {t.stride()}, as from expand()); expected a tensor that owns each element, such as a clone"
         )
+    return None
+
+
+def _check_writable(tensors: list[Tensor | None], what: Callable[[int], str]) -> None:
+    """Raise, naming the tensor with ``what(index)``, unless every tensor can be written in place."""
+    for i, t in enumerate(tensors):
+        problem = None if t is None else _unwritable(t)
+        if problem is not None:
+            error, reason = problem
+            raise error(f"{what(i)} {reason}")
 
 
 def _check_vector(vector: object, params: list[nn.Parameter], name: str) -> Tensor:
@@ -135,7 +146,7 @@ def _check_out(out: object, module: nn.Module, params: list[nn.Parameter]) -> Te
     dtype = _result_dtype(params)
     if out.dtype != dtype:
         raise TypeError(f"out must have the result's dtype {dtype}, got {out.dtype}")
-    _check_writable(out, "out")
+    _check_writable([out], lambda _: "out")
     tensors_by_kind: list[tuple[str, list[Tensor | None]]] = [
         ("parameter", list(params)),
         ("gradient of parameter", [p.grad for p in params]),
@@ -295,8 +306,7 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
     """
     params = _parameters(module)
     source = _check_source(new_params, params, "new_params")
-    for i, p in enumerate(params):
-        _check_writable(p, f"parameter {_name(module, i)!r}")
+    _check_writable(list(params), lambda i: f"parameter {_name(module, i)!r}")
     if _first_overlap(source, list(params)) is not None:
         source = source.clone()
     with torch.no_grad():
@@ -385,14 +395,12 @@ def set_grads(module: nn.Module, new_grads: Tensor) -> None:
     source = _check_source(new_grads, params, "new_grads")
     grads = [p.grad for p in params]
     for i, grad in enumerate(grads):
-        if grad is None:
-            continue
-        if grad.layout != torch.strided:
+        if grad is not None and grad.layout != torch.strided:
             raise TypeError(
                 f"the gradient of parameter {_name(module, i)!r} must be dense (strided) to be written in place, "
                 f"got layout {grad.layout}; set it to None first (module.zero_grad()) to have a dense one created"
             )
-        _check_writable(grad, f"the gradient of parameter {_name(module, i)!r}")
+    _check_writable(grads, lambda i: f"the gradient of parameter {_name(module, i)!r}")
     if _first_overlap(source, grads) is not None:
         source = source.clone()
     with torch.no_grad():
