@@ -204,3 +204,18 @@ def test_xavier_on_a_layer_without_elements_zeroes_the_bias() -> None:
     backbone.xavier(layer)
     assert torch.equal(layer.bias, torch.zeros(3))
     backbone.xavier(nn.Linear(0, 0))
+
+
+def test_a_successful_call_never_builds_parameter_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names are for error messages: walking named_parameters() per parameter is quadratic."""
+
+    def refuse(module: nn.Module, index: int) -> str:
+        raise AssertionError("_name called on a successful call")
+
+    monkeypatch.setattr(flat, "_name", refuse)
+    net = TinyNet()
+    net.set_params(torch.zeros(numel(net)))
+    net.set_grads(torch.zeros(numel(net)))
+    net.get_grads(out=torch.empty(numel(net)))
+    net.get_params(out=torch.empty(numel(net)))
+    net.get_grads_list()
