@@ -9,7 +9,14 @@ Example:
     (torch.Size([3, 10]), torch.Size([3, 100]))
 """
 
-from backbone.base import RETURN_TYPES, BackboneOutput, MammothBackbone, ReturnType, check_returnt
+from backbone.base import (
+    RETURN_TYPES,
+    BackboneOutput,
+    MammothBackbone,
+    ReturnType,
+    check_returnt,
+    feature_take_indices,
+)
 from backbone.check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
 from backbone.flat import get_grads, get_grads_list, get_params, set_grads, set_params
 from backbone.init import xavier
@@ -41,6 +48,7 @@ __all__ = [
     "RuleResult",
     "check_backbone",
     "check_returnt",
+    "feature_take_indices",
     "get_backbone",
     "get_grads",
     "get_grads_list",

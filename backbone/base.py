@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeAlias, cast, get_args
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from backbone import flat
 
-__all__ = ["RETURN_TYPES", "BackboneOutput", "MammothBackbone", "ReturnType", "check_returnt"]
+__all__ = ["RETURN_TYPES", "BackboneOutput", "MammothBackbone", "ReturnType", "check_returnt", "feature_take_indices"]
 
 ReturnType = Literal["out", "features", "both", "full"]
 """The values of ``returnt`` every backbone accepts, as a type for annotations.
@@ -75,6 +76,82 @@ def check_returnt(returnt: object) -> ReturnType:
     return returnt
 
 
+def feature_take_indices(num_features: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+    """Turn ``indices`` as :meth:`MammothBackbone.forward_intermediates` takes it into stage indices.
+
+    It means what timm's function of the same name means: None selects every
+    stage, an int ``n`` the last ``n``, a sequence the stages it lists
+    (negative indices count from the end).
+
+    Args:
+        num_features: the number of stages.
+        indices: the selection.
+
+    Returns:
+        The selected indices, counted from the first stage, and the largest.
+
+    Raises:
+        TypeError: ``indices`` is not None, an int or a sequence of ints.
+        ValueError: an index is out of range, or the selection is empty.
+
+    Example:
+        >>> from backbone import feature_take_indices
+        >>> feature_take_indices(5)
+        ([0, 1, 2, 3, 4], 4)
+        >>> feature_take_indices(5, 2)
+        ([3, 4], 4)
+        >>> feature_take_indices(5, [0, -1])
+        ([0, 4], 4)
+    """
+    if indices is None:
+        indices = num_features
+    if isinstance(indices, bool) or not isinstance(indices, (int, Sequence)) or isinstance(indices, str):
+        raise TypeError(f"indices must be None, an int or a sequence of ints, got {type(indices).__name__}")
+    if isinstance(indices, int):
+        if not 0 < indices <= num_features:
+            raise ValueError(f"indices as a last-n count must be from 1 to {num_features}, got {indices}")
+        take = list(range(num_features - indices, num_features))
+    else:
+        take = []
+        for index in indices:
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise TypeError(f"indices must be ints, got {type(index).__name__} {index!r}")
+            absolute = num_features + index if index < 0 else index
+            if not 0 <= absolute < num_features:
+                raise ValueError(f"stage index must be from {-num_features} to {num_features - 1}, got {index}")
+            take.append(absolute)
+        if not take:
+            raise ValueError("indices must select at least one stage, got an empty sequence")
+    return take, max(take)
+
+
+def _check_output_fmt(output_fmt: str, supported: tuple[str, ...]) -> None:
+    if output_fmt not in supported:
+        raise ValueError(f"output_fmt must be one of {', '.join(map(repr, supported))}, got {output_fmt!r}")
+
+
+def _forward_stages(
+    x: Tensor,
+    stages: Sequence[Callable[[Tensor], Tensor]],
+    indices: int | Sequence[int] | None,
+    stop_early: bool,
+    intermediates_only: bool,
+) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+    """``forward_intermediates`` for a backbone that is a chain of stages, with timm's meanings."""
+    take, last = feature_take_indices(len(stages), indices)
+    wanted = set(take)
+    intermediates = []
+    for i, stage in enumerate(stages[: last + 1] if stop_early else stages):
+        x = stage(x)
+        if i in wanted:
+            intermediates.append(x)
+    return intermediates if intermediates_only else (x, intermediates)
+
+
+class _StopEarly(Exception):
+    """Raised by a forward hook to end the forward once the last wanted stage has run."""
+
+
 def _as_device(value: object) -> torch.device:
     """``torch.device(value)``, with a message that names the argument and the value."""
     if isinstance(value, bool) or not isinstance(value, (str, int, torch.device)):
@@ -104,20 +181,45 @@ class MammothBackbone(nn.Module):
 
     Any other value raises :class:`ValueError`.
 
+    The class speaks timm's protocol, with timm's meanings, and builds
+    ``returnt`` on it in one place:
+
+    * :meth:`forward_features` gives the final *unpooled* output (a feature
+      map ``[B, C, H, W]``, or a token sequence for a transformer);
+    * :meth:`forward_head` pools it (and applies any norm or dropout before
+      the classifier), then classifies; ``pre_logits=True`` stops before the
+      classifier and gives the features ``[B, D]``;
+    * :meth:`forward_intermediates` gives the final output and the output of
+      each stage listed in :attr:`feature_info`;
+    * :meth:`get_classifier`, :meth:`reset_classifier`, :attr:`num_features`
+      and :attr:`num_classes` describe and replace the classifier.
+
+    ``'features'`` is ``forward_head(forward_features(x), pre_logits=True)``,
+    ``'out'`` is the classifier applied to it, ``'both'`` is the pair from one
+    pass, and ``'full'`` is those logits with every stage's output from
+    :meth:`forward_intermediates`.
+
     There are two ways to write a backbone:
 
-    * Implement :meth:`forward_intermediates` (features and stage outputs) and
-      set ``classifier``; the inherited :meth:`forward` does the ``returnt``
-      dispatch. Override :meth:`forward_features` too if the features can be
-      computed more cheaply without keeping the stages.
+    * Implement :meth:`forward_features`, set ``classifier``, ``feature_dim``
+      and ``feature_info`` (the module whose output is each stage); the
+      inherited methods do the rest, collecting the stages with forward
+      hooks. Override :meth:`forward_head` if global average pooling over
+      the spatial dimensions is not the pooling, and
+      :meth:`forward_intermediates` to collect the stages without hooks.
     * Override ``forward(x, returnt)`` directly, as Mammoth's own backbones
       do; call :func:`check_returnt` first.
 
     Attributes:
-        classifier: the module that maps features ``[B, D]`` to logits. Methods
-            that grow or replace the head, and :meth:`forward_head`, use it.
+        classifier: the module that maps features ``[B, D]`` to logits.
         feature_dim: ``D``, the size of the features returned by
-            ``returnt='features'``.
+            ``returnt='features'``; :attr:`num_features` is the same number
+            under timm's name.
+        feature_info: one dict per stage, in depth order, as timm's models
+            have it: ``num_chs`` (its channels), ``reduction`` (how much
+            smaller than the input its spatial size is) and ``module`` (the
+            qualified name of the submodule whose output it is). It is known
+            without running a forward.
 
     The flat-vector methods (:meth:`get_params`, :meth:`set_params`,
     :meth:`get_grads`, :meth:`set_grads`, :meth:`get_grads_list`) treat all
@@ -138,28 +240,33 @@ class MammothBackbone(nn.Module):
         >>> import torch
         >>> from torch import nn
         >>> from backbone import MammothBackbone
-        >>> class TinyNet(MammothBackbone):
+        >>> class TinyConvNet(MammothBackbone):
         ...     def __init__(self):
         ...         super().__init__()
-        ...         self.body = nn.Linear(4, 3)
-        ...         self.classifier = nn.Linear(3, 2)
-        ...         self.feature_dim = 3
-        ...     def forward_intermediates(self, x):
-        ...         h = self.body(x).relu()
-        ...         return h, [h]
-        >>> net = TinyNet()
-        >>> x = torch.ones(5, 4)
+        ...         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+        ...         self.stage = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU())
+        ...         self.classifier = nn.Linear(16, 2)
+        ...         self.feature_dim = 16
+        ...         self.feature_info = [
+        ...             dict(num_chs=8, reduction=1, module="stem"),
+        ...             dict(num_chs=16, reduction=2, module="stage"),
+        ...         ]
+        ...     def forward_features(self, x):
+        ...         return self.stage(self.stem(x))
+        >>> net = TinyConvNet()
+        >>> x = torch.ones(5, 3, 8, 8)
         >>> net(x).shape
         torch.Size([5, 2])
         >>> net(x, returnt="features").shape
-        torch.Size([5, 3])
+        torch.Size([5, 16])
         >>> logits, stages = net(x, returnt="full")
-        >>> len(stages)
-        1
+        >>> [tuple(s.shape) for s in stages]
+        [(5, 8, 8, 8), (5, 16, 4, 4)]
     """
 
     classifier: nn.Module
     feature_dim: int
+    feature_info: list[dict[str, Any]]
 
     def __init__(self, **kwargs: Any) -> None:
         unknown = sorted(set(kwargs) - {"device"})
@@ -214,7 +321,7 @@ class MammothBackbone(nn.Module):
             TypeError: ``x`` is not a tensor.
             ValueError: ``returnt`` is not one of :data:`RETURN_TYPES`.
             NotImplementedError: the subclass implements neither
-                :meth:`forward_intermediates` nor its own ``forward``.
+                :meth:`forward_features` nor its own ``forward``.
 
         Example:
             >>> import torch
@@ -226,20 +333,18 @@ class MammothBackbone(nn.Module):
         """
         returnt = check_returnt(returnt)
         if not isinstance(x, Tensor):
-            raise TypeError(
-                f"{type(self).__name__} expects the input batch x to be a torch.Tensor, got {type(x).__name__}"
-            )
-        if returnt == "features":
-            return self.forward_features(x)
+            raise TypeError(f"{type(self).__name__} expects the input batch x to be a torch.Tensor, got {type(x).__name__}")
         if returnt == "full":
-            features, stages = self.forward_intermediates(x)
-            return self.forward_head(features), stages
-        features = self.forward_features(x)
-        logits = self.forward_head(features)
+            final, stages = self.forward_intermediates(x)
+            return self.get_classifier()(self.forward_head(final, pre_logits=True)), stages
+        features = self.forward_head(self.forward_features(x), pre_logits=True)
+        if returnt == "features":
+            return features
+        logits = self.get_classifier()(features)
         return logits if returnt == "out" else (logits, features)
 
-    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Compute the features and the output of every stage.
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Compute the final unpooled output: a feature map, or tokens for a transformer.
 
         Subclasses that rely on the inherited :meth:`forward` implement this.
 
@@ -247,66 +352,236 @@ class MammothBackbone(nn.Module):
             x: the input batch.
 
         Returns:
-            ``(features, stages)``: features ``[B, D]`` just before the
-            classifier and the list of stage outputs in depth order.
+            The output of the last stage (after a final norm, if the
+            backbone has one), before any pooling.
 
         Raises:
             NotImplementedError: always, in the base class.
 
         Example:
             >>> import torch
-            >>> from backbone import MNISTMLP
-            >>> features, stages = MNISTMLP(4, 2, hidden_size=3).forward_intermediates(torch.ones(5, 4))
-            >>> [s.shape for s in stages]
-            [torch.Size([5, 3]), torch.Size([5, 3])]
+            >>> from backbone import resnet18
+            >>> resnet18(10, num_filters=4).forward_features(torch.zeros(2, 3, 32, 32)).shape
+            torch.Size([2, 32, 4, 4])
         """
         raise NotImplementedError(
-            f"{type(self).__name__} must implement forward_intermediates(x) or override forward(x, returnt)"
+            f"{type(self).__name__} must implement forward_features(x) or override forward(x, returnt)"
         )
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Compute the features ``[B, D]`` just before the classifier.
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pool the output of :meth:`forward_features`, then classify it.
 
-        The default takes them from :meth:`forward_intermediates`.
+        The default pooling averages over every dimension after the second
+        (global average pooling of a ``[B, C, H, W]`` map); a ``[B, D]`` input
+        is left as it is. Backbones that pool otherwise (a class token, say)
+        override this.
 
         Args:
-            x: the input batch.
+            x: the output of :meth:`forward_features`.
+            pre_logits: stop before the classifier and return the features
+                ``[B, D]``.
 
         Returns:
-            The features.
+            The logits, or the features with ``pre_logits=True``.
+
+        Raises:
+            NotImplementedError: the classifier is needed and the backbone has none.
 
         Example:
             >>> import torch
-            >>> from backbone import MNISTMLP
-            >>> MNISTMLP(4, 2, hidden_size=3).forward_features(torch.ones(5, 4)).shape
-            torch.Size([5, 3])
+            >>> from backbone import resnet18
+            >>> net = resnet18(10, num_filters=4)
+            >>> final = net.forward_features(torch.zeros(2, 3, 32, 32))
+            >>> net.forward_head(final, pre_logits=True).shape, net.forward_head(final).shape
+            (torch.Size([2, 32]), torch.Size([2, 10]))
         """
-        return self.forward_intermediates(x)[0]
+        if x.dim() > 2:
+            x = x.mean(dim=tuple(range(2, x.dim())))
+        return x if pre_logits else cast(Tensor, self.get_classifier()(x))
 
-    def forward_head(self, features: Tensor) -> Tensor:
-        """Map features to logits with :attr:`classifier`.
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Return the final output and the output of the stages ``indices`` selects.
+
+        The arguments and the result mean what they mean in timm. The default
+        runs :meth:`forward_features` with a forward hook on the module each
+        :attr:`feature_info` entry names (each must run once per forward);
+        backbones override it to collect the stages directly.
 
         Args:
-            features: the output of :meth:`forward_features`.
+            x: the input batch.
+            indices: which stages: all when None, the last ``n`` for an int
+                ``n``, or a sequence of stage indices (negative ones count
+                from the end). The outputs come in depth order.
+            norm: apply the final norm to the intermediates, for backbones
+                that have one; ignored by the default.
+            stop_early: stop after the last selected stage; the "final"
+                output is then that stage's output.
+            output_fmt: the layout of the intermediates; the default supports
+                ``'NCHW'`` only (the stages' own layout).
+            intermediates_only: return only the list of intermediates.
 
         Returns:
-            The logits.
+            ``(final, intermediates)``, or ``intermediates`` alone.
+
+        Raises:
+            NotImplementedError: the backbone has no :attr:`feature_info`.
+            ValueError: an index is out of range, or ``output_fmt`` is not
+                supported.
+            TypeError: ``indices`` is neither None, an int nor a sequence of ints.
+
+        Example:
+            >>> import torch
+            >>> from backbone import resnet18
+            >>> net = resnet18(10, num_filters=4)
+            >>> final, stages = net.forward_intermediates(torch.zeros(2, 3, 32, 32), indices=2)
+            >>> final.shape, [s.shape[1] for s in stages]
+            (torch.Size([2, 32, 4, 4]), [16, 32])
+        """
+        info = getattr(self, "feature_info", None)
+        if not info:
+            raise NotImplementedError(
+                f"{type(self).__name__} has no feature_info: list its stages there, or override forward_intermediates"
+            )
+        _check_output_fmt(output_fmt, ("NCHW",))
+        take, last = feature_take_indices(len(info), indices)
+        modules = [self.get_submodule(entry["module"]) for entry in info]
+        outputs: dict[int, Tensor] = {}
+
+        def keep(index: int) -> Callable[[nn.Module, object, Tensor], None]:
+            def hook(module: nn.Module, inputs: object, output: Tensor) -> None:
+                outputs[index] = output
+                if stop_early and index == last:
+                    raise _StopEarly
+
+            return hook
+
+        handles = [modules[i].register_forward_hook(keep(i)) for i in sorted(set(take))]
+        try:
+            final = self.forward_features(x)
+        except _StopEarly:
+            final = outputs[last]
+        finally:
+            for handle in handles:
+                handle.remove()
+        intermediates = [outputs[i] for i in sorted(set(take))]
+        return intermediates if intermediates_only else (final, intermediates)
+
+    def get_classifier(self) -> nn.Module:
+        """Return the classifier, the module that maps features ``[B, D]`` to logits.
+
+        Returns:
+            ``self.classifier``.
 
         Raises:
             NotImplementedError: the backbone has no ``classifier``.
 
         Example:
-            >>> import torch
             >>> from backbone import MNISTMLP
-            >>> MNISTMLP(4, 2, hidden_size=3).forward_head(torch.ones(5, 3)).shape
-            torch.Size([5, 2])
+            >>> MNISTMLP(4, 2, hidden_size=3).get_classifier()
+            Linear(in_features=3, out_features=2, bias=True)
         """
         classifier = self._modules.get("classifier")
         if classifier is None:
             raise NotImplementedError(
-                f"{type(self).__name__} has no classifier: set self.classifier in __init__ or override forward_head"
+                f"{type(self).__name__} has no classifier: set self.classifier in __init__ or override get_classifier"
             )
-        return cast(Tensor, classifier(features))
+        return classifier
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a new one for ``num_classes`` classes, as timm's models do.
+
+        The new classifier is a :class:`torch.nn.Linear` from
+        :attr:`num_features` to ``num_classes`` on the old one's device and
+        dtype, initialised by :meth:`init_classifier`; ``num_classes=0``
+        removes it (an identity, so that the logits are the features).
+
+        Args:
+            num_classes: the number of classes, 0 for none.
+
+        Raises:
+            TypeError: ``num_classes`` is not an int.
+            ValueError: ``num_classes`` is negative.
+
+        Example:
+            >>> from backbone import resnet18
+            >>> net = resnet18(10, num_filters=4)
+            >>> net.reset_classifier(100)
+            >>> net.num_classes, net.get_classifier().out_features
+            (100, 100)
+        """
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+            raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
+        old = self._modules.get("classifier")
+        reference = next(old.parameters(), None) if old is not None else next(self.parameters(), None)
+        factory: dict[str, Any] = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+        if num_classes == 0:
+            self.classifier = nn.Identity()
+        else:
+            self.classifier = nn.Linear(self.num_features, num_classes, **factory)
+            self.init_classifier(self.classifier)
+        self._num_classes = num_classes
+
+    def init_classifier(self, classifier: nn.Linear) -> None:
+        """Initialise a classifier made by :meth:`reset_classifier`; torch's default here.
+
+        Backbones whose classifier is initialised otherwise (the MLP's
+        Glorot-uniform, say) override it.
+
+        Args:
+            classifier: the new classifier.
+
+        Example:
+            >>> from torch import nn
+            >>> from backbone import MNISTMLP
+            >>> head = nn.Linear(3, 2)
+            >>> MNISTMLP(4, 2, hidden_size=3).init_classifier(head)
+            >>> head.bias.abs().sum().item()
+            0.0
+        """
+
+    @property
+    def num_features(self) -> int:
+        """``D``, the size of the features before the classifier: timm's name for :attr:`feature_dim`.
+
+        Example:
+            >>> from backbone import resnet18
+            >>> net = resnet18(10)
+            >>> net.num_features == net.feature_dim == 512
+            True
+        """
+        return self.feature_dim
+
+    @num_features.setter
+    def num_features(self, value: int) -> None:
+        self.feature_dim = value
+
+    @property
+    def num_classes(self) -> int:
+        """The number of logits: the classifier's ``out_features``, 0 without a classifier.
+
+        Example:
+            >>> from backbone import MNISTMLP
+            >>> MNISTMLP(784, 10).num_classes
+            10
+        """
+        classifier = self._modules.get("classifier")
+        if isinstance(classifier, nn.Linear):
+            return classifier.out_features
+        return int(self.__dict__.get("_num_classes", 0))
+
+    @num_classes.setter
+    def num_classes(self, value: int) -> None:
+        self._num_classes = value
 
     def features(self, x: Tensor) -> Tensor:
         """Return the features of ``x``; the same as ``self(x, returnt='features')``.

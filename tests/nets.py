@@ -9,19 +9,23 @@ from backbone import MammothBackbone, check_returnt, num_flat_features, xavier
 
 
 class TinyNet(MammothBackbone):
-    """Two stages and a classifier, through the shared dispatch."""
+    """Two stages and a classifier, through the shared dispatch (stages found by hooks)."""
 
     def __init__(self, in_features: int = 4, hidden: int = 3, num_classes: int = 2) -> None:
         super().__init__()
         self.stage1 = nn.Linear(in_features, hidden)
+        self.act1 = nn.ReLU()
         self.stage2 = nn.Linear(hidden, hidden)
+        self.act2 = nn.ReLU()
         self.classifier = nn.Linear(hidden, num_classes)
         self.feature_dim = hidden
+        self.feature_info = [
+            {"num_chs": hidden, "reduction": 1, "module": "act1"},
+            {"num_chs": hidden, "reduction": 1, "module": "act2"},
+        ]
 
-    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        h1 = self.stage1(x).relu()
-        h2 = self.stage2(h1).relu()
-        return h2, [h1, h2]
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.act2(self.stage2(self.act1(self.stage1(x))))  # type: ignore[no-any-return]
 
 
 class MammothStyleNet(MammothBackbone):
@@ -71,9 +75,10 @@ class TiedFrozenUnused(MammothBackbone):
         self.classifier = nn.Linear(4, 2)
         self.feature_dim = 4
 
-    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        h = self.frozen(self.decoder(self.encoder(x).relu()).relu())
-        return h, [h]
+        self.feature_info = [{"num_chs": 4, "reduction": 1, "module": "frozen"}]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.frozen(self.decoder(self.encoder(x).relu()).relu())  # type: ignore[no-any-return]
 
 
 class ConvNet(MammothBackbone):
@@ -83,12 +88,13 @@ class ConvNet(MammothBackbone):
         super().__init__()
         self.conv = nn.Conv2d(3, 6, 3, padding=1)
         self.bn = nn.BatchNorm2d(6)
+        self.act = nn.ReLU()
         self.classifier = nn.Linear(6, 4)
         self.feature_dim = 6
+        self.feature_info = [{"num_chs": 6, "reduction": 1, "module": "act"}]
 
-    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        h = self.bn(self.conv(x)).relu()
-        return h.mean(dim=(2, 3)), [h]
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(self.conv(x)))  # type: ignore[no-any-return]
 
 
 def snapshot(net: nn.Module) -> list[tuple[Tensor, Tensor | None]]:
@@ -113,9 +119,8 @@ class DropoutNet(TinyNet):
         super().__init__()
         self.dropout = nn.Dropout(0.5)
 
-    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        features, stages = super().forward_intermediates(x)
-        return self.dropout(features), stages
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return super().forward_head(self.dropout(x), pre_logits)
 
 
 class StatefulNet(TinyNet):
@@ -127,10 +132,10 @@ class StatefulNet(TinyNet):
         self.register_buffer("last_mean", torch.zeros(3))
         self.stage2.last_input = torch.zeros(0)
 
-    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        features, stages = super().forward_intermediates(x)
+    def forward_features(self, x: Tensor) -> Tensor:
+        features = super().forward_features(x)
         self.calls += 1
         self.last_mean = features.detach().mean(0)  # reassigns the buffer
         self.stage1.seen = x.detach()  # a new tensor attribute, as Mammoth's blocks keep 'prerelu'
         self.stage2.last_input = x.detach()  # an existing one, reassigned
-        return features, stages
+        return features

@@ -142,8 +142,8 @@ def test_missing_classifier_and_feature_dim_are_skipped_not_failed() -> None:
             del self.classifier
             del self.feature_dim
 
-        def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-            return self.head(features)  # type: ignore[no-any-return]
+        def get_classifier(self) -> torch.nn.Module:
+            return self.head
 
     net = Bare()
     results = {r.rule: r for r in check_backbone(net, torch.randn(3, 4))}

@@ -24,13 +24,13 @@ USER_MODULE = textwrap.dedent(
     class Good(MammothBackbone):
         def __init__(self, width=6, num_classes=3):
             super().__init__()
-            self.body = nn.Conv2d(3, width, 3, padding=1)
+            self.body = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU())
             self.classifier = nn.Linear(width, num_classes)
             self.feature_dim = width
+            self.feature_info = [dict(num_chs=width, reduction=1, module="body")]
 
-        def forward_intermediates(self, x):
-            h = self.body(x).relu()
-            return h.mean(dim=(2, 3)), [h]
+        def forward_features(self, x):
+            return self.body(x)
 
 
     class Lenient(Good):
@@ -47,10 +47,10 @@ USER_MODULE = textwrap.dedent(
 
 
     class Only8x8(Good):
-        def forward_intermediates(self, x):
+        def forward_features(self, x):
             if tuple(x.shape[1:]) != (3, 8, 8):
                 raise ValueError(f"expected 3x8x8 inputs, got {tuple(x.shape[1:])}")
-            return super().forward_intermediates(x)
+            return super().forward_features(x)
 
 
     class Frozen(Good):

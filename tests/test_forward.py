@@ -83,14 +83,14 @@ def test_base_forward_names_the_subclass(x: torch.Tensor) -> None:
     class Headless(MammothBackbone):
         pass
 
-    with pytest.raises(NotImplementedError, match="Headless must implement forward_intermediates"):
+    with pytest.raises(NotImplementedError, match="Headless must implement forward_features"):
         Headless()(x)
 
 
 def test_missing_classifier_names_the_subclass(x: torch.Tensor) -> None:
     class NoHead(MammothBackbone):
-        def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-            return x, [x]
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return x
 
     assert NoHead()(x, returnt="features").shape == (5, 4)
     with pytest.raises(NotImplementedError, match="NoHead has no classifier"):

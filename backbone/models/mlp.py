@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import Tensor, nn
 
-from backbone.base import MammothBackbone
+from backbone.base import MammothBackbone, _check_output_fmt, _forward_stages
 from backbone.init import xavier
 from backbone.models._checks import check_positive_ints
 from backbone.registry import register_backbone
@@ -17,8 +19,9 @@ class MNISTMLP(MammothBackbone):
     """Two hidden ReLU layers and a linear classifier, initialised with :func:`~backbone.xavier`.
 
     Inputs of any shape are flattened per sample, so ``[B, 1, 28, 28]`` and
-    ``[B, 784]`` both work for ``input_size=784``. ``returnt='full'`` gives
-    ``(logits, [hidden1, hidden2])``.
+    ``[B, 784]`` both work for ``input_size=784``. The two hidden layers are
+    the stages: ``returnt='full'`` gives ``(logits, [hidden1, hidden2])``, and
+    :meth:`forward_features` gives ``hidden2``, which needs no pooling.
 
     Args:
         input_size: the number of input features per sample.
@@ -47,20 +50,61 @@ class MNISTMLP(MammothBackbone):
         self.output_size = output_size
         self.feature_dim = hidden_size
         self.fc1 = nn.Linear(input_size, hidden_size)
+        self.act1 = nn.ReLU()
         self.fc2 = nn.Linear(hidden_size, hidden_size)
+        self.act2 = nn.ReLU()
         self.classifier = nn.Linear(hidden_size, output_size)
+        self.feature_info = [
+            {"num_chs": hidden_size, "reduction": 1, "module": "act1"},
+            {"num_chs": hidden_size, "reduction": 1, "module": "act2"},
+        ]
         self.apply(xavier)
 
-    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Return the second hidden layer as features, and both hidden layers as stages.
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Return the second hidden layer, ``[B, hidden_size]``.
 
         Example:
             >>> import torch
             >>> from backbone import MNISTMLP
-            >>> features, stages = MNISTMLP(4, 2, hidden_size=3).forward_intermediates(torch.ones(5, 4))
-            >>> features.shape, len(stages)
+            >>> MNISTMLP(4, 2, hidden_size=3).forward_features(torch.ones(5, 4)).shape
+            torch.Size([5, 3])
+        """
+        return self.act2(self.fc2(self.act1(self.fc1(x.flatten(1)))))  # type: ignore[no-any-return]
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Return the second hidden layer and the hidden layers ``indices`` selects.
+
+        See :meth:`MammothBackbone.forward_intermediates`; there is no norm
+        to apply, and the stages are ``[B, hidden_size]``.
+
+        Example:
+            >>> import torch
+            >>> from backbone import MNISTMLP
+            >>> final, stages = MNISTMLP(4, 2, hidden_size=3).forward_intermediates(torch.ones(5, 4))
+            >>> final.shape, len(stages)
             (torch.Size([5, 3]), 2)
         """
-        hidden1 = self.fc1(x.flatten(1)).relu()
-        hidden2 = self.fc2(hidden1).relu()
-        return hidden2, [hidden1, hidden2]
+        _check_output_fmt(output_fmt, ("NCHW",))
+        stages = [lambda h: self.act1(self.fc1(h.flatten(1))), lambda h: self.act2(self.fc2(h))]
+        return _forward_stages(x, stages, indices, stop_early, intermediates_only)
+
+    def init_classifier(self, classifier: nn.Linear) -> None:
+        """Glorot-uniform weights and zero bias, as at construction (see :func:`~backbone.xavier`).
+
+        Example:
+            >>> import torch
+            >>> from backbone import MNISTMLP
+            >>> net = MNISTMLP(4, 2, hidden_size=3)
+            >>> net.reset_classifier(7)
+            >>> torch.equal(net.classifier.bias, torch.zeros(7))
+            True
+        """
+        xavier(classifier)

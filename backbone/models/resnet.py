@@ -7,13 +7,13 @@ the first stage.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backbone.base import MammothBackbone
+from backbone.base import MammothBackbone, _check_output_fmt, _forward_stages
 from backbone.models._checks import check_positive_ints
 from backbone.registry import register_backbone
 
@@ -124,7 +124,8 @@ class ResNet(MammothBackbone):
     Stage ``i`` (from 1) has ``num_filters * 2**(i-1) * block.expansion``
     channels; stages 2 to 4 halve the resolution. ``returnt='full'`` gives
     ``(logits, [stem, stage1, stage2, stage3, stage4])``; for a 32x32 input
-    their spatial sizes are 32, 32, 16, 8 and 4.
+    their spatial sizes are 32, 32, 16, 8 and 4, as :attr:`feature_info`
+    says. :meth:`forward_features` gives the unpooled output of stage 4.
 
     Args:
         block: :class:`~backbone.BasicBlock` or :class:`~backbone.Bottleneck`.
@@ -174,6 +175,7 @@ class ResNet(MammothBackbone):
         self.num_filters = num_filters
         self.conv1 = conv3x3(in_channels, num_filters)
         self.bn1 = nn.BatchNorm2d(num_filters)
+        self.act1 = nn.ReLU()
         self._in_planes = num_filters
         self.layer1 = self._make_stage(block, num_filters, layers[0], stride=1)
         self.layer2 = self._make_stage(block, num_filters * 2, layers[1], stride=2)
@@ -181,6 +183,10 @@ class ResNet(MammothBackbone):
         self.layer4 = self._make_stage(block, num_filters * 8, layers[3], stride=2)
         self.feature_dim = num_filters * 8 * block.expansion
         self.classifier = nn.Linear(self.feature_dim, num_classes)
+        self.feature_info = [{"num_chs": num_filters, "reduction": 1, "module": "act1"}] + [
+            {"num_chs": num_filters * 2**i * block.expansion, "reduction": 2**i, "module": f"layer{i + 1}"}
+            for i in range(4)
+        ]
 
     def _make_stage(self, block: type[BasicBlock | Bottleneck], planes: int, blocks: int, stride: int) -> nn.Sequential:
         stage = []
@@ -189,23 +195,45 @@ class ResNet(MammothBackbone):
             self._in_planes = planes * block.expansion
         return nn.Sequential(*stage)
 
-    def forward_intermediates(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """Return the pooled features and the stem and stage outputs.
+    def _stages(self) -> list[Callable[[Tensor], Tensor]]:
+        return [lambda x: self.act1(self.bn1(self.conv1(x))), self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Return the unpooled output of stage 4, ``[B, feature_dim, H/8, W/8]``.
 
         Example:
             >>> import torch
             >>> from backbone import resnet18
-            >>> features, stages = resnet18(10, num_filters=4).forward_intermediates(torch.zeros(2, 3, 32, 32))
-            >>> features.shape, len(stages)
-            (torch.Size([2, 32]), 5)
+            >>> resnet18(10, num_filters=4).forward_features(torch.zeros(2, 3, 32, 32)).shape
+            torch.Size([2, 32, 4, 4])
         """
-        stem = F.relu(self.bn1(self.conv1(x)))
-        stage1 = self.layer1(stem)
-        stage2 = self.layer2(stage1)
-        stage3 = self.layer3(stage2)
-        stage4 = self.layer4(stage3)
-        features = F.adaptive_avg_pool2d(stage4, 1).flatten(1)
-        return features, [stem, stage1, stage2, stage3, stage4]
+        for stage in self._stages():
+            x = stage(x)
+        return x
+
+    def forward_intermediates(
+        self,
+        x: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Return the output of stage 4 and the outputs of the stem and stages ``indices`` selects.
+
+        See :meth:`MammothBackbone.forward_intermediates`; index 0 is the
+        stem, 1 to 4 the stages, and there is no norm to apply.
+
+        Example:
+            >>> import torch
+            >>> from backbone import resnet18
+            >>> final, stages = resnet18(10, num_filters=4).forward_intermediates(torch.zeros(2, 3, 32, 32))
+            >>> final.shape, len(stages)
+            (torch.Size([2, 32, 4, 4]), 5)
+        """
+        _check_output_fmt(output_fmt, ("NCHW",))
+        return _forward_stages(x, self._stages(), indices, stop_early, intermediates_only)
 
 
 @register_backbone("resnet18", example_kwargs={"num_classes": 10}, example_input_shape=(3, 32, 32))
