@@ -9,6 +9,7 @@ Example:
     (torch.Size([3, 10]), torch.Size([3, 100]))
 """
 
+from backbone.adapters import TimmBackbone, TorchvisionBackbone, from_timm, from_torchvision
 from backbone.base import (
     RETURN_TYPES,
     BackboneOutput,
@@ -20,7 +21,21 @@ from backbone.base import (
 from backbone.check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
 from backbone.flat import get_grads, get_grads_list, get_params, set_grads, set_params
 from backbone.init import xavier
-from backbone.models import MNISTMLP, BasicBlock, Bottleneck, ResNet, reduced_resnet18, resnet18, resnet34, resnet50
+from backbone.models import (
+    MNISTMLP,
+    BasicBlock,
+    Bottleneck,
+    ResNet,
+    VisionTransformer,
+    reduced_resnet18,
+    resnet18,
+    resnet34,
+    resnet50,
+    vit_base_patch16_224,
+    vit_small_patch16_224,
+    vit_tiny_patch4_32,
+    vit_tiny_patch16_224,
+)
 from backbone.registry import (
     RegisteredBackbone,
     get_backbone,
@@ -46,9 +61,14 @@ __all__ = [
     "ResNet",
     "ReturnType",
     "RuleResult",
+    "TimmBackbone",
+    "TorchvisionBackbone",
+    "VisionTransformer",
     "check_backbone",
     "check_returnt",
     "feature_take_indices",
+    "from_timm",
+    "from_torchvision",
     "get_backbone",
     "get_grads",
     "get_grads_list",
@@ -64,5 +84,9 @@ __all__ = [
     "set_grads",
     "set_params",
     "unregister_backbone",
+    "vit_base_patch16_224",
+    "vit_small_patch16_224",
+    "vit_tiny_patch4_32",
+    "vit_tiny_patch16_224",
     "xavier",
 ]

@@ -333,10 +333,11 @@ class MammothBackbone(nn.Module):
         """
         returnt = check_returnt(returnt)
         if not isinstance(x, Tensor):
-            raise TypeError(f"{type(self).__name__} expects the input batch x to be a torch.Tensor, got {type(x).__name__}")
+            name = type(self).__name__
+            raise TypeError(f"{name} expects the input batch x to be a torch.Tensor, got {type(x).__name__}")
         if returnt == "full":
-            final, stages = self.forward_intermediates(x)
-            return self.get_classifier()(self.forward_head(final, pre_logits=True)), stages
+            final, stages = cast("tuple[Tensor, list[Tensor]]", self.forward_intermediates(x))
+            return cast(Tensor, self.get_classifier()(self.forward_head(final, pre_logits=True))), stages
         features = self.forward_head(self.forward_features(x), pre_logits=True)
         if returnt == "features":
             return features
@@ -521,8 +522,12 @@ class MammothBackbone(nn.Module):
             raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
-        old = self._modules.get("classifier")
-        reference = next(old.parameters(), None) if old is not None else next(self.parameters(), None)
+        try:
+            old: nn.Module | None = self.get_classifier()
+        except NotImplementedError:
+            old = None
+        reference = next(old.parameters(), None) if old is not None else None
+        reference = reference if reference is not None else next(self.parameters(), None)
         factory: dict[str, Any] = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
         if num_classes == 0:
             self.classifier = nn.Identity()
@@ -567,7 +572,7 @@ class MammothBackbone(nn.Module):
 
     @property
     def num_classes(self) -> int:
-        """The number of logits: the classifier's ``out_features``, 0 without a classifier.
+        """The classifier's ``out_features`` (the number of logits), 0 without a classifier.
 
         Example:
             >>> from backbone import MNISTMLP

@@ -22,34 +22,50 @@ __all__ = ["main"]
 _MARKS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}
 
 
-def _shape(t: torch.Tensor) -> str:
-    return "x".join(str(d) for d in t.shape[1:]) or "-"
-
-
 def _list() -> int:
-    rows = [("name", "parameters", "input", "out", "features", "stages")]
+    """One row per registered backbone, from its attributes alone: no forward pass runs."""
+    rows = [("name", "parameters", "input", "out", "features", "stages (channels@reduction)")]
     for name in list_backbones():
         entry = registered(name)
         try:
-            net = get_backbone(name, **entry.example_kwargs).eval()
+            net = get_backbone(name, **entry.example_kwargs)
         except Exception as error:
             rows.append((name, f"cannot be built with its example arguments: {_one_line(error)}", "", "", "", ""))
             continue
         count = f"{sum(p.numel() for p in net.parameters()):,}"
-        if entry.example_input_shape is None:
-            rows.append((name, count, "-", "-", "-", "-"))
-            continue
-        x = torch.zeros(1, *entry.example_input_shape)
-        with torch.no_grad():
-            logits, features = net(x, returnt="both")
-            _, stages = net(x, returnt="full")
-        stage_shapes = ", ".join(_shape(s) for s in stages)
-        rows.append((name, count, _shape(x), _shape(logits), _shape(features), stage_shapes))
+        shape = "x".join(map(str, entry.example_input_shape)) if entry.example_input_shape else "-"
+        out = str(_attribute(net, "num_classes"))
+        features = str(_attribute(net, "num_features"))
+        info = getattr(net, "feature_info", None) or []
+        stages = _runs([f"{i.get('num_chs', '?')}@{i.get('reduction', '?')}" for i in info]) or "-"
+        rows.append((name, count, shape, out, features, stages))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-    print("\nShapes leave out the batch dimension; each backbone built with its example arguments.")
+    print(
+        "\nEach backbone built with its example arguments; shapes leave out the batch dimension. A stage C@r has "
+        "C channels and a spatial size r times smaller than the input's (feature_info); xN repeats it."
+    )
     return 0
+
+
+def _runs(cells: list[str]) -> str:
+    """Join cells, writing a run of equal ones once with its count: ``192@16 x12``."""
+    out: list[str] = []
+    for cell in cells:
+        if out and out[-1].split(" x")[0] == cell:
+            head, _, count = out[-1].partition(" x")
+            out[-1] = f"{head} x{int(count or 1) + 1}"
+        else:
+            out.append(cell)
+    return ", ".join(out)
+
+
+def _attribute(net: torch.nn.Module, name: str) -> object:
+    try:
+        return getattr(net, name)
+    except Exception:
+        return "-"
 
 
 def _int_tuple(text: str) -> tuple[int, ...]:

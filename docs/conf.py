@@ -52,6 +52,9 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(collections\.abc|typing)\..*|Ellipsis"),
     # A TypeVar, documented by the signature it appears in.
     (r"py:class", r"backbone\.registry\.Builder"),
+    # The adapters' private common base, shown by show-inheritance.
+    (r"py:class", r"backbone\.adapters\._Wrapper"),
+    (r"py:class", r"os\..*"),
 ]
 
 doctest_global_setup = "import torch"

@@ -28,6 +28,15 @@ def _required(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 
 
+def _has_timm() -> bool:
+    try:
+        import timm  # noqa: F401
+        import torchvision  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def _has_chromium() -> bool:
     return any(shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome"))
 
@@ -40,6 +49,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "Run this env on a machine with an NVIDIA GPU and a CUDA build of torch."
         )
 
+    if _required("BACKBONE_REQUIRE_TIMM") and not _has_timm():
+        raise pytest.UsageError(
+            "BACKBONE_REQUIRE_TIMM is set but timm or torchvision does not import: "
+            'pip install "backbone[timm]" (tox -e adapters installs the tested versions).'
+        )
+
     if _required("BACKBONE_REQUIRE_BROWSER") and not _has_chromium():
         raise pytest.UsageError(
             "BACKBONE_REQUIRE_BROWSER is set but Chromium is missing: install Debian's chromium package "
@@ -47,13 +62,19 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+@pytest.hookimpl(tryfirst=True)  # mark before -m deselects
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skips = {}
     if not torch.cuda.is_available():
         skips["cuda"] = pytest.mark.skip(reason="needs CUDA: run tox -e py311-cuda on a GPU machine")
+    if not _has_timm():
+        skips["timm"] = pytest.mark.skip(reason="needs timm and torchvision: run tox -e adapters")
     if not _has_chromium():
         skips["browser"] = pytest.mark.skip(reason="needs Chromium: run tox -e browser after installing it")
     for item in items:
+        # The adapters' docstring examples build timm and torchvision models.
+        if item.path.name == "adapters.py" and item.path.parent.name == "backbone":
+            item.add_marker(pytest.mark.timm)
         for marker, skip in skips.items():
             if marker in item.keywords:
                 item.add_marker(skip)

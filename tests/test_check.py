@@ -30,7 +30,9 @@ def failures(net: torch.nn.Module, x: torch.Tensor | None = None) -> dict[str, s
     return {r.rule: r.detail for r in info.value.results if r.status == "fail"}
 
 
-@pytest.mark.parametrize("name", ["mnistmlp", "reduced-resnet18", "resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize(
+    "name", ["mnistmlp", "reduced-resnet18", "resnet18", "resnet34", "resnet50", "vit-tiny-patch4-32"]
+)
 def test_every_reference_backbone_passes(name: str) -> None:
     entry = registered(name)
     net = get_backbone(name, **entry.example_kwargs)

@@ -8,6 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from backbone import CONTRACT_RULES
 from backbone.cli import main
@@ -76,15 +77,21 @@ def user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_list(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_forward(*args: object, **kwargs: object) -> None:
+        raise AssertionError("list ran a forward pass")
+
+    monkeypatch.setattr(torch.nn.Module, "__call__", no_forward)
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert "11,173,962" in lines["resnet18"]
-    assert "64x32x32, 64x32x32, 128x16x16, 256x8x8, 512x4x4" in lines["resnet18"]
+    assert "64@1 x2, 128@2, 256@4, 512@8" in lines["resnet18"]
     assert "23,520,842" in lines["resnet50"] and " 2048 " in lines["resnet50"]
+    assert "64@1, 256@1, 512@2, 1024@4, 2048@8" in lines["resnet50"]
     assert "1,094,750" in lines["reduced-resnet18"]
-    assert "89,610" in lines["mnistmlp"] and "1x28x28" in lines["mnistmlp"]
+    assert "89,610" in lines["mnistmlp"] and "1x28x28" in lines["mnistmlp"] and "100@1 x2" in lines["mnistmlp"]
+    assert "5,362,762" in lines["vit-tiny-patch4-32"] and "192@4 x12" in lines["vit-tiny-patch4-32"]
 
 
 def test_check_registered_name(capsys: pytest.CaptureFixture[str]) -> None:

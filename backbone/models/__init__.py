@@ -2,5 +2,26 @@
 
 from backbone.models.mlp import MNISTMLP
 from backbone.models.resnet import BasicBlock, Bottleneck, ResNet, reduced_resnet18, resnet18, resnet34, resnet50
+from backbone.models.vit import (
+    VisionTransformer,
+    vit_base_patch16_224,
+    vit_small_patch16_224,
+    vit_tiny_patch4_32,
+    vit_tiny_patch16_224,
+)
 
-__all__ = ["MNISTMLP", "BasicBlock", "Bottleneck", "ResNet", "reduced_resnet18", "resnet18", "resnet34", "resnet50"]
+__all__ = [
+    "MNISTMLP",
+    "BasicBlock",
+    "Bottleneck",
+    "ResNet",
+    "VisionTransformer",
+    "reduced_resnet18",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vit_base_patch16_224",
+    "vit_small_patch16_224",
+    "vit_tiny_patch4_32",
+    "vit_tiny_patch16_224",
+]

@@ -124,7 +124,7 @@ class ResNet(MammothBackbone):
     Stage ``i`` (from 1) has ``num_filters * 2**(i-1) * block.expansion``
     channels; stages 2 to 4 halve the resolution. ``returnt='full'`` gives
     ``(logits, [stem, stage1, stage2, stage3, stage4])``; for a 32x32 input
-    their spatial sizes are 32, 32, 16, 8 and 4, as :attr:`feature_info`
+    their spatial sizes are 32, 32, 16, 8 and 4, as ``feature_info``
     says. :meth:`forward_features` gives the unpooled output of stage 4.
 
     Args:

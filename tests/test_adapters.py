@@ -1,0 +1,237 @@
+"""The timm and torchvision adapters and the ViT, against timm and torchvision themselves.
+
+Run by ``tox -e adapters`` (torch 2.14.1, torchvision 0.29.1, timm 1.0.31),
+where a missing timm or torchvision is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import backbone
+from backbone import (
+    TimmBackbone,
+    TorchvisionBackbone,
+    check_backbone,
+    from_timm,
+    from_torchvision,
+    vit_base_patch16_224,
+    vit_small_patch16_224,
+    vit_tiny_patch4_32,
+    vit_tiny_patch16_224,
+)
+
+pytestmark = pytest.mark.timm
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# Imported when a test runs, so that collecting this file never needs them.
+def _timm():  # type: ignore[no-untyped-def]
+    import timm
+
+    return timm
+
+
+def _tv():  # type: ignore[no-untyped-def]
+    import torchvision
+
+    return torchvision
+
+
+# --- the reference ViT against timm's -----------------------------------------
+
+VITS: list[tuple[Callable[[int], backbone.VisionTransformer], str, dict[str, int], int]] = [
+    (vit_tiny_patch16_224, "vit_tiny_patch16_224", {}, 224),
+    (vit_tiny_patch4_32, "vit_tiny_patch16_224", {"img_size": 32, "patch_size": 4}, 32),
+]
+
+
+@pytest.mark.parametrize(("ours", "name", "kwargs", "size"), VITS, ids=["tiny-224", "tiny-32"])
+def test_a_timm_vit_checkpoint_gives_the_same_outputs_for_everything(ours, name, kwargs, size) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    reference = _timm().create_model(name, pretrained=False, num_classes=7, **kwargs).eval()
+    net = ours(7).eval()
+    net.load_state_dict(reference.state_dict(), strict=True)
+    assert [n for n, _ in net.named_parameters()] == [n for n, _ in reference.named_parameters()]
+    x = torch.randn(2, 3, size, size)
+    close = lambda a, b: torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # noqa: E731
+    with torch.no_grad():
+        close(net(x), reference(x))
+        close(net(x, returnt="features"), reference.forward_head(reference.forward_features(x), pre_logits=True))
+        logits, features = net(x, returnt="both")
+        close(logits, reference(x))
+        close(features, reference.forward_head(reference.forward_features(x), pre_logits=True))
+        full_logits, stages = net(x, returnt="full")
+        _, reference_stages = reference.forward_intermediates(x)
+        close(full_logits, reference(x))
+        assert len(stages) == len(reference_stages) == 12
+        for a, b in zip(stages, reference_stages, strict=True):
+            close(a, b)
+        close(net.forward_features(x), reference.forward_features(x))
+        tokens = reference.forward_features(x)
+        close(net.forward_head(tokens), reference.forward_head(tokens))
+        close(net.forward_head(tokens, pre_logits=True), reference.forward_head(tokens, pre_logits=True))
+        for options in (
+            {"indices": 3},
+            {"indices": [0, -1], "norm": True},
+            {"indices": [2], "stop_early": True, "output_fmt": "NLC"},
+            {"indices": 2, "return_prefix_tokens": True},
+            {"intermediates_only": True},
+        ):
+            ours_out = net.forward_intermediates(x, **options)
+            reference_out = reference.forward_intermediates(x, **options)
+            torch.testing.assert_close(ours_out, reference_out, rtol=1e-5, atol=1e-5)
+    assert net.feature_info == [{**info} for info in reference.feature_info]
+
+
+@pytest.mark.parametrize(
+    ("ours", "name"),
+    [
+        (vit_tiny_patch16_224, "vit_tiny_patch16_224"),
+        (vit_small_patch16_224, "vit_small_patch16_224"),
+        (vit_base_patch16_224, "vit_base_patch16_224"),
+    ],
+)
+def test_every_vit_has_timms_state_dict_keys_and_shapes(ours, name) -> None:  # type: ignore[no-untyped-def]
+    reference = _timm().create_model(name, pretrained=False, num_classes=10).state_dict()
+    mine = ours(10).state_dict()
+    assert {k: v.shape for k, v in mine.items()} == {k: v.shape for k, v in reference.items()}
+
+
+# --- adapters -----------------------------------------------------------------
+
+TIMM_MODELS = [
+    ("resnet18", {}, 64),
+    ("vit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}, 32),
+    ("convnext_atto", {}, 64),
+    ("efficientnet_b0", {}, 64),
+    ("mobilenetv3_small_050", {}, 64),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "size"), TIMM_MODELS, ids=[m[0] for m in TIMM_MODELS])
+def test_a_timm_model_becomes_a_backbone_that_passes_the_checker(name: str, kwargs: dict[str, int], size: int) -> None:
+    torch.manual_seed(0)
+    model = _timm().create_model(name, pretrained=False, num_classes=5, **kwargs).eval()
+    net = from_timm(model)
+    assert isinstance(net, TimmBackbone) and isinstance(net, backbone.MammothBackbone)
+    assert [id(p) for p in net.parameters()] == [id(p) for p in model.parameters()]  # shared, same order
+    x = torch.randn(2, 3, size, size)
+    assert all(r.status == "pass" for r in check_backbone(net, x))
+    with torch.no_grad():
+        assert torch.equal(net(x), model(x))
+        final = model.forward_features(x)
+        assert torch.equal(net.forward_features(x), final)
+        assert torch.equal(net(x, returnt="features"), model.forward_head(final, pre_logits=True))
+        logits, stages = net(x, returnt="full")
+        _, expected = model.forward_intermediates(x)
+        assert torch.equal(logits, model(x)) and len(stages) == len(expected) == len(net.feature_info)
+        assert all(torch.equal(a, b) for a, b in zip(stages, expected, strict=True))
+        last = net.forward_intermediates(x, indices=1, intermediates_only=True)
+        assert torch.equal(last[0], expected[-1])
+    assert net.num_classes == 5 and net.num_features == net.feature_dim
+    assert torch.equal(net.get_params(), torch.nn.utils.parameters_to_vector(model.parameters()))
+
+
+def build_tv(name: str) -> nn.Module:
+    tv = _tv()
+    if name == "vit":
+        return tv.models.VisionTransformer(
+            image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=32, mlp_dim=64, num_classes=5
+        )
+    return tv.models.get_model(name, weights=None, num_classes=5)
+
+
+TV_MODELS = [
+    ("resnet18", 64, [64, 64, 128, 256, 512]),
+    ("resnext50_32x4d", 64, [64, 256, 512, 1024, 2048]),
+    ("vit", 32, [32, 32, 32]),
+    ("convnext_tiny", 64, [96, 192, 384, 768]),
+    ("efficientnet_b0", 64, [16, 24, 40, 112, 320]),
+    ("mobilenet_v2", 64, [16, 24, 32, 96, 320]),
+    ("mobilenet_v3_small", 64, [16, 16, 24, 48, 96]),
+]
+
+
+@pytest.mark.parametrize(("name", "size", "channels"), TV_MODELS, ids=[m[0] for m in TV_MODELS])
+def test_a_torchvision_model_becomes_a_backbone_that_passes_the_checker(
+    name: str, size: int, channels: list[int]
+) -> None:
+    torch.manual_seed(0)
+    model = build_tv(name).eval()
+    net = from_torchvision(model)
+    assert isinstance(net, TorchvisionBackbone)
+    assert [id(p) for p in net.parameters()] == [id(p) for p in model.parameters()]
+    assert [info["num_chs"] for info in net.feature_info] == channels
+    x = torch.randn(2, 3, size, size)
+    assert all(r.status == "pass" for r in check_backbone(net, x))
+    with torch.no_grad():
+        assert torch.equal(net(x), model(x))  # the model's own forward, split in two
+        logits, stages = net(x, returnt="full")
+        assert torch.equal(logits, model(x))
+        assert [s.shape[1] for s in stages] == channels
+        assert all(s.shape[-1] * info["reduction"] == size for s, info in zip(stages, net.feature_info, strict=True))
+    assert net.num_classes == 5
+
+
+def test_a_torchvision_vit_gives_blocks_as_timm_does() -> None:
+    net = from_torchvision(build_tv("vit")).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        final, maps = net.forward_intermediates(x)
+        tokens = net.forward_intermediates(x, output_fmt="NLC", intermediates_only=True)
+        stopped, first = net.forward_intermediates(x, indices=[0], stop_early=True, output_fmt="NLC")
+    assert final.shape == (2, 17, 32) and [m.shape for m in maps] == [(2, 32, 4, 4)] * 3
+    assert [t.shape for t in tokens] == [(2, 16, 32)] * 3
+    assert torch.equal(maps[1], tokens[1].reshape(2, 4, 4, 32).permute(0, 3, 1, 2))
+    assert torch.equal(first[0], tokens[0]) and stopped.shape == (2, 17, 32)
+
+
+def test_reset_classifier_reaches_the_wrapped_model() -> None:
+    tv_net = from_torchvision(build_tv("mobilenet_v3_small"))
+    tv_net.reset_classifier(11)
+    assert tv_net.model.classifier[-1].out_features == 11 and tv_net.num_classes == 11
+    assert tv_net(torch.randn(1, 3, 64, 64)).shape == (1, 11)
+    timm_net = from_timm("resnet18", num_classes=3)
+    timm_net.reset_classifier(4)
+    assert timm_net.model.fc.out_features == 4 and timm_net(torch.randn(1, 3, 64, 64)).shape == (1, 4)
+
+
+def test_weights_come_from_a_local_checkpoint(tmp_path: Path) -> None:
+    source = _timm().create_model("resnet18", pretrained=False, num_classes=3)
+    path = tmp_path / "resnet18.pt"
+    torch.save(source.state_dict(), path)
+    net = from_timm("resnet18", num_classes=3, checkpoint=path)
+    assert torch.equal(net.get_params(), backbone.get_params(source))
+    tv_source = build_tv("resnet18")
+    net = from_torchvision("resnet18", num_classes=5, checkpoint=tv_source.state_dict())
+    assert torch.equal(net.get_params(), backbone.get_params(tv_source))
+
+
+def test_nothing_is_downloaded() -> None:
+    with pytest.raises(ValueError, match="never downloads"):
+        from_timm("resnet18", pretrained=True)
+    with pytest.raises(ValueError, match="never downloads"):
+        from_torchvision("resnet18", weights="DEFAULT")
+
+
+def test_an_unsupported_torchvision_family_is_named() -> None:
+    with pytest.raises(TypeError, match=r"supports torchvision's ResNet, .* got AlexNet"):
+        from_torchvision(_tv().models.alexnet())
+
+
+def test_the_docs_page_examples_run() -> None:
+    """Every python code block of docs/timm.rst runs, in order, in one namespace."""
+    page = (ROOT / "docs" / "timm.rst").read_text()
+    blocks = re.findall(r"\.\. code-block:: python\n\n((?:    .*\n|\n)+)", page)
+    assert blocks
+    namespace: dict[str, object] = {}
+    for block in blocks:
+        exec(compile("\n".join(line[4:] for line in block.splitlines()), "docs/timm.rst", "exec"), namespace)
