@@ -31,7 +31,8 @@ def failures(net: torch.nn.Module, x: torch.Tensor | None = None) -> dict[str, s
 
 
 @pytest.mark.parametrize(
-    "name", ["mnistmlp", "reduced-resnet18", "resnet18", "resnet34", "resnet50", "vit-tiny-patch4-32"]
+    "name",
+    ["mnistmlp", "reduced-resnet18", "resnet18", "resnet34", "resnet50", "vit-tiny-patch4-32", "vit-tiny-patch16-224"],
 )
 def test_every_reference_backbone_passes(name: str) -> None:
     entry = registered(name)
