@@ -281,7 +281,11 @@ class MammothBackbone(nn.Module):
 
         It follows every move (``to``, ``cuda``, ``cpu``). Assigning to it, as
         Mammoth-style subclasses do, is accepted and only matters while the
-        backbone has no parameters or buffers.
+        backbone has no parameters or buffers: a device, a device string or
+        an index is kept; a dtype, a tensor or None (what such a subclass's
+        ``to()`` may pass on) is ignored; anything else is a
+        :class:`TypeError`, and a string that names no device a
+        :class:`ValueError`.
 
         Example:
             >>> from backbone import MNISTMLP
@@ -300,10 +304,11 @@ class MammothBackbone(nn.Module):
 
     @device.setter
     def device(self, value: object) -> None:
-        # Mammoth's to(device) overrides assign whatever they were given,
-        # dtypes included; only a real device is worth remembering.
-        if isinstance(value, (str, int, torch.device)) and not isinstance(value, bool):
-            self._device_hint = _as_device(value)
+        # Mammoth's to(device) overrides assign whatever to() was given: a
+        # dtype or a tensor is accepted and ignored, only a device is kept.
+        if value is None or isinstance(value, (torch.dtype, Tensor)):
+            return
+        self._device_hint = _as_device(value)
 
     def forward(self, x: Tensor, returnt: ReturnType = "out") -> BackboneOutput:
         """Run the backbone and return what ``returnt`` selects.

@@ -225,6 +225,7 @@ MATRIX = [
     Bad("take_indices/type", lambda n: backbone.feature_take_indices(5, "1"), TypeError, "indices must be None, an int or a sequence of ints"),
     Bad("take_indices/item", lambda n: backbone.feature_take_indices(5, [1.0]), TypeError, "indices must be ints"),
     Bad("device/assign", lambda n: setattr(n, "device", "gpu:zero"), ValueError, "device must name a device"),
+    Bad("device/assign-type", lambda n: setattr(n, "device", 2.5), TypeError, "device must be a torch.device"),
     # --- reference backbones -----------------------------------------------
     Bad("MNISTMLP/size", lambda n: backbone.MNISTMLP(0, 10), ValueError, "must be a positive int, got"),
     Bad("MNISTMLP/bool", lambda n: backbone.MNISTMLP(784, True), ValueError, "must be a positive int, got"),
