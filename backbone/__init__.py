@@ -20,7 +20,9 @@ from backbone.base import (
 )
 from backbone.check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
 from backbone.flat import get_grads, get_grads_list, get_params, set_grads, set_params
+from backbone.growth import grow_classifier, mask_unseen
 from backbone.init import xavier
+from backbone.layout import FlatLayout, LayoutEntry, carry_vector, flat_layout
 from backbone.models import (
     MNISTMLP,
     BasicBlock,
@@ -56,6 +58,8 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ContractError",
+    "FlatLayout",
+    "LayoutEntry",
     "MammothBackbone",
     "RegisteredBackbone",
     "ResNet",
@@ -64,16 +68,20 @@ __all__ = [
     "TimmBackbone",
     "TorchvisionBackbone",
     "VisionTransformer",
+    "carry_vector",
     "check_backbone",
     "check_returnt",
     "feature_take_indices",
+    "flat_layout",
     "from_timm",
     "from_torchvision",
     "get_backbone",
     "get_grads",
     "get_grads_list",
     "get_params",
+    "grow_classifier",
     "list_backbones",
+    "mask_unseen",
     "num_flat_features",
     "reduced_resnet18",
     "register_backbone",

@@ -541,6 +541,32 @@ class MammothBackbone(nn.Module):
             self.init_classifier(self.classifier)
         self._num_classes = num_classes
 
+    def grow_classifier(self, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Add output units to the linear classifier, keeping the old ones bit for bit.
+
+        See :func:`backbone.grow_classifier`: the Parameter objects are kept
+        and resized in place, the new units are initialised by
+        :meth:`init_classifier`, and ``optimizer``'s state (if given) grows
+        with zeros for them. Flat vectors kept from before move to the new
+        layout with :func:`~backbone.carry_vector`.
+
+        Args:
+            num_classes: the new number of classes, at least the current one.
+            optimizer: an optimizer whose per-parameter state to carry.
+
+        Example:
+            >>> import torch
+            >>> from backbone import MNISTMLP
+            >>> net = MNISTMLP(4, 2, hidden_size=3)
+            >>> optimizer = torch.optim.Adam(net.parameters())
+            >>> net.grow_classifier(4, optimizer=optimizer)
+            >>> net.num_classes, net(torch.zeros(1, 4)).shape
+            (4, torch.Size([1, 4]))
+        """
+        from backbone.growth import grow_classifier
+
+        grow_classifier(self, num_classes, optimizer=optimizer)
+
     def init_classifier(self, classifier: nn.Linear) -> None:
         """Initialise a classifier made by :meth:`reset_classifier`; torch's default here.
 

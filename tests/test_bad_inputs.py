@@ -139,6 +139,18 @@ def no_right_inverse() -> nn.Module:
     return parametrize.register_parametrization(nn.Linear(4, 3), "weight", Double())
 
 
+class SequentialHead(TinyNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 2))
+
+
+class WeightNormHead(TinyNet):
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = parametrizations.weight_norm(nn.Linear(3, 2))
+
+
 def meta(n: int) -> Tensor:
     return torch.zeros(n, device="meta")
 
@@ -224,6 +236,22 @@ MATRIX = [
     Bad("take_indices/empty", lambda n: backbone.feature_take_indices(5, []), ValueError, "indices must select at least one stage"),
     Bad("take_indices/type", lambda n: backbone.feature_take_indices(5, "1"), TypeError, "indices must be None, an int or a sequence of ints"),
     Bad("take_indices/item", lambda n: backbone.feature_take_indices(5, [1.0]), TypeError, "indices must be ints"),
+    Bad("grow/shrink", lambda n: n.grow_classifier(1), ValueError, "(growing only), got"),
+    Bad("grow/type", lambda n: n.grow_classifier(3.0), TypeError, "num_classes must be an int"),
+    Bad("grow/optimizer", lambda n: n.grow_classifier(4, optimizer="adam"), TypeError, "optimizer must be a torch.optim.Optimizer"),
+    Bad("grow/non-linear-head", lambda n: n.grow_classifier(4), TypeError, "needs a torch.nn.Linear classifier", lambda: SequentialHead()),
+    Bad("grow/parametrized-head", lambda n: n.grow_classifier(4), TypeError, "to be a parameter, got one computed", lambda: WeightNormHead()),
+    Bad("grow/module", lambda n: backbone.grow_classifier("net", 3), TypeError, "expected a torch.nn.Module, got"),
+    Bad("layout/module", lambda n: backbone.flat_layout(None), TypeError, "expected a torch.nn.Module, got"),
+    Bad("carry/length", lambda n: backbone.carry_vector(torch.zeros(N + 1), backbone.flat_layout(n), backbone.flat_layout(n)), ValueError, "(the old layout), got shape"),
+    Bad("carry/vector", lambda n: backbone.carry_vector([0.0] * N, backbone.flat_layout(n), backbone.flat_layout(n)), TypeError, "vector must be a torch.Tensor"),
+    Bad("carry/layout", lambda n: backbone.carry_vector(torch.zeros(N), backbone.flat_layout(n), n), TypeError, "must be a FlatLayout"),
+    Bad("carry/shrink", lambda n: backbone.carry_vector(torch.zeros(N), backbone.flat_layout(n), backbone.flat_layout(TinyNet(num_classes=1))), ValueError, "only growing along existing dimensions"),
+    Bad("carry/removed", lambda n: backbone.carry_vector(torch.zeros(N), backbone.flat_layout(n), backbone.flat_layout(nn.Linear(3, 2))), ValueError, "so its values would be lost"),
+    Bad("layout/view", lambda n: backbone.flat_layout(n).view(torch.zeros(N - 1), "classifier.bias"), ValueError, "(the old layout), got shape"),
+    Bad("mask/logits", lambda n: backbone.mask_unseen(torch.zeros(3), 1), ValueError, "logits must be [B, C]"),
+    Bad("mask/seen", lambda n: backbone.mask_unseen(torch.zeros(2, 3), 4), ValueError, "num_seen must be from 1 to the 3 classes"),
+    Bad("mask/type", lambda n: backbone.mask_unseen(torch.zeros(2, 3), 1.5), TypeError, "num_seen must be an int"),
     Bad("device/assign", lambda n: setattr(n, "device", "gpu:zero"), ValueError, "device must name a device"),
     Bad("device/assign-type", lambda n: setattr(n, "device", 2.5), TypeError, "device must be a torch.device"),
     # --- reference backbones -----------------------------------------------

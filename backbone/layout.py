@@ -1,0 +1,295 @@
+"""What each element of a flat vector is, and how to carry a vector to a new layout.
+
+A flat parameter or gradient vector (:func:`~backbone.get_params`,
+:func:`~backbone.get_grads`) is laid out by ``module.named_parameters()``:
+each parameter, flattened in row-major order, one after the other. When the
+network changes shape (a classifier that grows), the layout changes, and every
+vector a method keeps (an EWC anchor and importance, an A-GEM reference
+gradient) must move with it. :func:`flat_layout` describes a layout;
+:func:`carry_vector` moves a vector from one layout to another.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["FlatLayout", "LayoutEntry", "carry_vector", "flat_layout"]
+
+
+@dataclass(frozen=True)
+class LayoutEntry:
+    """One parameter's place in a flat vector.
+
+    Attributes:
+        name: the parameter's qualified name, as ``named_parameters()`` gives it.
+        offset: the index of its first element in the vector.
+        shape: its shape.
+        dtype: its dtype.
+
+    Example:
+        >>> from torch import nn
+        >>> from backbone import flat_layout
+        >>> entry = flat_layout(nn.Linear(3, 2))["bias"]
+        >>> entry.offset, entry.shape, entry.numel
+        (6, (2,), 2)
+    """
+
+    name: str
+    offset: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        """The number of elements.
+
+        Example:
+            >>> from torch import nn
+            >>> from backbone import flat_layout
+            >>> flat_layout(nn.Linear(3, 2))["weight"].numel
+            6
+        """
+        return math.prod(self.shape)
+
+    @property
+    def stop(self) -> int:
+        """The index just after its last element.
+
+        Example:
+            >>> from torch import nn
+            >>> from backbone import flat_layout
+            >>> flat_layout(nn.Linear(3, 2))["weight"].stop
+            6
+        """
+        return self.offset + self.numel
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """The layout of a module's flat vectors: one :class:`LayoutEntry` per parameter, in order.
+
+    Index it by parameter name; :meth:`view` and :meth:`span` give the part
+    of a vector that belongs to a parameter or to a submodule.
+
+    Attributes:
+        entries: the parameters, in the order of ``named_parameters()``.
+
+    Example:
+        >>> from backbone import MNISTMLP, flat_layout
+        >>> layout = flat_layout(MNISTMLP(4, 2, hidden_size=3))
+        >>> layout.numel, [e.name for e in layout][:2]
+        (35, ['fc1.weight', 'fc1.bias'])
+    """
+
+    entries: tuple[LayoutEntry, ...]
+
+    @property
+    def numel(self) -> int:
+        """The length of a flat vector with this layout.
+
+        Example:
+            >>> from torch import nn
+            >>> from backbone import flat_layout
+            >>> flat_layout(nn.Linear(3, 2)).numel
+            8
+        """
+        return self.entries[-1].stop if self.entries else 0
+
+    def __iter__(self) -> Iterator[LayoutEntry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, name: object) -> bool:
+        return any(entry.name == name for entry in self.entries)
+
+    def __getitem__(self, name: str) -> LayoutEntry:
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        known = ", ".join(entry.name for entry in self.entries[:8])
+        more = ", ..." if len(self.entries) > 8 else ""
+        raise KeyError(f"no parameter named {name!r} in this layout; it has {known}{more}")
+
+    def span(self, prefix: str) -> slice:
+        """The slice of a flat vector that holds the parameters of the submodule ``prefix``.
+
+        Args:
+            prefix: a submodule's qualified name (``"classifier"``,
+                ``"layer1"``), or a parameter's.
+
+        Returns:
+            ``slice(start, stop)``.
+
+        A submodule's parameters are always contiguous in the vector, since
+        ``named_parameters()`` walks the modules depth first. A parameter
+        tied into it from elsewhere belongs, by name, to wherever it first
+        appears.
+
+        Raises:
+            KeyError: no parameter is under ``prefix``.
+
+        Example:
+            >>> from backbone import MNISTMLP, flat_layout
+            >>> net = MNISTMLP(4, 2, hidden_size=3)
+            >>> layout = flat_layout(net)
+            >>> layout.span("classifier")
+            slice(27, 35, None)
+            >>> net.get_params()[layout.span("classifier")].shape
+            torch.Size([8])
+        """
+        inside = [e for e in self.entries if e.name == prefix or e.name.startswith(prefix + ".")]
+        if not inside:
+            raise KeyError(f"no parameter under {prefix!r} in this layout")
+        return slice(inside[0].offset, inside[-1].stop)
+
+    def view(self, vector: Tensor, name: str) -> Tensor:
+        """The part of ``vector`` that belongs to parameter ``name``, shaped like it (a view, not a copy).
+
+        Args:
+            vector: a flat vector with this layout.
+            name: a parameter's qualified name.
+
+        Returns:
+            A view of ``vector``.
+
+        Raises:
+            TypeError: ``vector`` is not a tensor.
+            ValueError: ``vector`` is not 1-D of :attr:`numel` elements.
+            KeyError: no parameter has that name.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from backbone import flat_layout
+            >>> layout = flat_layout(nn.Linear(3, 2))
+            >>> layout.view(torch.arange(8.0), "bias")
+            tensor([6., 7.])
+        """
+        _check_vector(vector, self, "vector")
+        entry = self[name]
+        return vector[entry.offset : entry.stop].view(entry.shape)
+
+
+def flat_layout(module: nn.Module) -> FlatLayout:
+    """Describe the flat vectors of ``module``: each parameter's name, offset, shape and dtype.
+
+    The order is that of :func:`~backbone.get_params` and
+    :func:`~backbone.get_grads` (``named_parameters()``, each tied parameter
+    once, frozen ones included).
+
+    Args:
+        module: any module.
+
+    Returns:
+        The layout.
+
+    Raises:
+        TypeError: ``module`` is not a module.
+
+    Example:
+        >>> from torch import nn
+        >>> from backbone import flat_layout
+        >>> [(e.name, e.offset, e.shape) for e in flat_layout(nn.Linear(3, 2))]
+        [('weight', 0, (2, 3)), ('bias', 6, (2,))]
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    entries, offset = [], 0
+    for name, p in module.named_parameters():
+        entries.append(LayoutEntry(name, offset, tuple(p.shape), p.dtype))
+        offset += p.numel()
+    return FlatLayout(tuple(entries))
+
+
+def _check_vector(vector: object, layout: FlatLayout, name: str) -> Tensor:
+    if not isinstance(vector, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
+    if vector.dim() != 1 or vector.numel() != layout.numel:
+        raise ValueError(
+            f"{name} must be a 1-D tensor of {layout.numel} elements (the old layout), got shape {tuple(vector.shape)}"
+        )
+    return vector
+
+
+def carry_vector(
+    vector: Tensor, old: FlatLayout, new: FlatLayout, *, fill: float = 0.0, drop_removed: bool = False
+) -> Tensor:
+    """Move a flat vector laid out by ``old`` to the layout ``new``.
+
+    Parameters are matched by name. A parameter in both layouts keeps its
+    values: when it has grown (a classifier with more classes), the old values
+    fill the leading block of the new shape (the old rows of a weight, the old
+    entries of a bias) and the new elements get ``fill``. A parameter only in
+    ``new`` is all ``fill``. A parameter only in ``old`` is refused, since its
+    values would be lost, unless ``drop_removed``.
+
+    With it, an EWC anchor (``fill=0`` and an importance of 0, so the new units
+    are free), an SI importance or an A-GEM reference gradient (``fill=0``)
+    stay valid across :meth:`~backbone.MammothBackbone.grow_classifier`.
+
+    Args:
+        vector: a 1-D tensor laid out by ``old``.
+        old: the layout ``vector`` has.
+        new: the layout to move it to.
+        fill: the value of elements that ``old`` did not have.
+        drop_removed: allow parameters of ``old`` that ``new`` does not have.
+
+    Returns:
+        A new 1-D tensor laid out by ``new``, in ``vector``'s dtype and device.
+
+    Raises:
+        TypeError: ``vector`` is not a tensor, or a layout is not a
+            :class:`FlatLayout`.
+        ValueError: ``vector`` does not have ``old``'s length; a parameter
+            shrank, changed its number of dimensions, or was removed without
+            ``drop_removed``.
+
+    Example:
+        >>> import torch
+        >>> from backbone import MNISTMLP, carry_vector, flat_layout
+        >>> net = MNISTMLP(4, 2, hidden_size=3)
+        >>> old = flat_layout(net)
+        >>> anchor = net.get_params().detach()
+        >>> net.grow_classifier(5)
+        >>> carried = carry_vector(anchor, old, flat_layout(net))
+        >>> carried.shape, torch.equal(carried[:27], anchor[:27])
+        (torch.Size([47]), True)
+        >>> torch.equal(flat_layout(net).view(carried, "classifier.bias")[:2], anchor[-2:])
+        True
+    """
+    for name, layout in (("old", old), ("new", new)):
+        if not isinstance(layout, FlatLayout):
+            raise TypeError(f"{name} must be a FlatLayout (from flat_layout(module)), got {type(layout).__name__}")
+    vector = _check_vector(vector, old, "vector")
+    before = {entry.name: entry for entry in old}
+    removed = [entry.name for entry in old if entry.name not in new]
+    if removed and not drop_removed:
+        raise ValueError(
+            f"the new layout has no parameter {removed[0]!r}, so its values would be lost; "
+            "pass drop_removed=True to drop them"
+        )
+    for entry in new:
+        was = before.get(entry.name)
+        if was is None:
+            continue
+        if len(was.shape) != len(entry.shape) or any(n < o for n, o in zip(entry.shape, was.shape, strict=True)):
+            raise ValueError(
+                f"parameter {entry.name!r} went from shape {was.shape} to {entry.shape}; only growing along "
+                "existing dimensions can be carried"
+            )
+    out = torch.full((new.numel,), fill, dtype=vector.dtype, device=vector.device)
+    for entry in new:
+        was = before.get(entry.name)
+        if was is None:
+            continue
+        target = out[entry.offset : entry.stop].view(entry.shape)
+        block = tuple(slice(0, size) for size in was.shape)
+        target[block] = vector[was.offset : was.stop].view(was.shape)
+    return out

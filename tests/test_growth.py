@@ -1,0 +1,225 @@
+"""Class-incremental growth: old outputs kept bit for bit, optimizers and flat vectors carried across."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from nets import TinyNet
+from torch import nn
+
+import backbone
+from backbone import MNISTMLP, carry_vector, flat_layout, grow_classifier, mask_unseen, resnet18
+
+
+def small_vit() -> backbone.VisionTransformer:
+    return backbone.VisionTransformer(img_size=16, patch_size=4, num_classes=3, embed_dim=8, depth=2, num_heads=2)
+
+
+NETS = {
+    "mnistmlp": (lambda: MNISTMLP(6, 3, hidden_size=5), (4, 6)),
+    "resnet18": (lambda: resnet18(3, num_filters=4), (4, 3, 8, 8)),
+    "vit": (small_vit, (4, 3, 16, 16)),
+    "tinynet": (lambda: TinyNet(num_classes=3), (4, 4)),
+}
+
+
+@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_growth_keeps_old_outputs_bit_identical(name: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    make, shape = NETS[name]
+    net = make().to(dtype).eval()
+    x = torch.randn(shape, dtype=dtype)
+    with torch.no_grad():
+        logits, features = net(x, returnt="both")
+    params = list(net.parameters())
+    old_weight = net.get_classifier().weight.detach().clone()
+    old_bias = net.get_classifier().bias.detach().clone()
+    net.grow_classifier(7)
+    with torch.no_grad():
+        grown, grown_features = net(x, returnt="both")
+    assert grown.shape == (4, 7) and net.num_classes == 7
+    assert torch.equal(grown_features, features)
+    # The old rows and biases are the same bits; the matrix multiply may sum in
+    # another order for another width, so the old logits agree to a few ulps.
+    eps = torch.finfo(dtype).eps
+    torch.testing.assert_close(grown[:, :3], logits, rtol=4 * eps, atol=4 * eps * logits.abs().max().item())
+    classifier = net.get_classifier()
+    assert torch.equal(classifier.weight[:3], old_weight) and torch.equal(classifier.bias[:3], old_bias)
+    assert all(a is b for a, b in zip(params, net.parameters(), strict=True))  # the same Parameter objects
+    assert isinstance(classifier, nn.Linear) and classifier.out_features == 7
+    assert classifier.weight.dtype == dtype and classifier.bias.dtype == dtype
+
+
+def test_new_units_are_initialised_as_the_backbone_initialises_its_classifier() -> None:
+    torch.manual_seed(0)
+    mlp = MNISTMLP(6, 3, hidden_size=50)
+    mlp.grow_classifier(400)
+    weight, bias = mlp.classifier.weight[3:], mlp.classifier.bias[3:]
+    bound = (6 / (50 + 400)) ** 0.5  # Glorot-uniform of the grown layer
+    assert torch.equal(bias, torch.zeros(397)) and weight.abs().max() <= bound
+    assert weight.std() > 0.8 * bound / 3**0.5
+    vit = small_vit()
+    vit.grow_classifier(50)
+    assert torch.equal(vit.head.bias[3:], torch.zeros(47)) and vit.head.weight[3:].abs().max() <= 0.04
+    tiny = TinyNet(num_classes=3, hidden=100)  # no init_classifier: torch's default for nn.Linear
+    tiny.grow_classifier(200)
+    assert tiny.classifier.weight[3:].abs().max() <= 100**-0.5 and tiny.classifier.bias[3:].abs().max() <= 100**-0.5
+
+
+def test_gradients_grow_with_zeros_and_equal_classes_change_nothing() -> None:
+    net = MNISTMLP(6, 3, hidden_size=5)
+    net(torch.randn(2, 6)).sum().backward()
+    grad = net.classifier.weight.grad.clone()
+    net.grow_classifier(5)
+    assert torch.equal(net.classifier.weight.grad[:3], grad)
+    assert torch.equal(net.classifier.weight.grad[3:], torch.zeros(2, 5))
+    weight = net.classifier.weight.detach().clone()
+    net.grow_classifier(5)
+    assert torch.equal(net.classifier.weight, weight)
+
+
+def train(net: nn.Module, optimizer: torch.optim.Optimizer, steps: int, classes: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        x, y = torch.randn(8, 6, generator=generator), torch.randint(0, classes, (8,), generator=generator)
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+
+
+OPTIMIZERS = {
+    "adam": lambda params: torch.optim.Adam(params, lr=0.01),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=0.01, weight_decay=0.1),
+    "adam-amsgrad": lambda params: torch.optim.Adam(params, lr=0.01, amsgrad=True),
+    "sgd-momentum": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
+}
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_a_step_after_growth_equals_the_reference_step(name: str) -> None:
+    torch.manual_seed(0)
+    net = MNISTMLP(6, 3, hidden_size=5)
+    optimizer = OPTIMIZERS[name](net.parameters())
+    train(net, optimizer, steps=3, classes=3, seed=1)
+    # The reference: the same model and optimizer, not grown.
+    reference = copy.deepcopy(net)
+    reference_optimizer = OPTIMIZERS[name](reference.parameters())
+    reference_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # load_state_dict shares tensors
+    old = flat_layout(net)
+    net.grow_classifier(5, optimizer=optimizer)
+    new = flat_layout(net)
+    # One more step with the same gradient on the old units, any on the new.
+    gradient = torch.randn(old.numel, generator=torch.Generator().manual_seed(2))
+    fresh = torch.randn(new.numel, generator=torch.Generator().manual_seed(3))
+    grown_gradient = carry_vector(gradient, old, new) + torch.where(
+        carry_vector(torch.ones(old.numel), old, new) == 0, fresh, torch.zeros(new.numel)
+    )
+    before_new_rows = net.classifier.weight[3:].detach().clone()
+    reference.set_grads(gradient)
+    net.set_grads(grown_gradient)
+    reference_optimizer.step()
+    optimizer.step()
+    # The old units step exactly as without the growth.
+    carried = carry_vector(reference.get_params().detach(), old, new)
+    kept = carry_vector(torch.ones(old.numel), old, new) == 1
+    assert torch.equal(net.get_params().detach()[kept], carried[kept])
+    # The new units start from zero state, at the optimizer's step count.
+    g = new.view(grown_gradient, "classifier.weight")[3:]
+    if name.startswith("adam"):
+        step = 4
+        lr, (b1, b2), eps = 0.01, (0.9, 0.999), 1e-8
+        p = before_new_rows * (1 - lr * 0.1) if name == "adamw" else before_new_rows
+        m, v = (1 - b1) * g, (1 - b2) * g**2
+        expected = p - lr / (1 - b1**step) * m / (v.sqrt() / (1 - b2**step) ** 0.5 + eps)
+    else:
+        expected = before_new_rows - 0.1 * g  # a zero momentum buffer is a fresh one
+    torch.testing.assert_close(net.classifier.weight[3:].detach(), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_flat_vectors_carried_across_growth_equal_the_grown_models_on_kept_entries() -> None:
+    torch.manual_seed(0)
+    net = MNISTMLP(6, 3, hidden_size=5)
+    net(torch.randn(4, 6)).square().sum().backward()
+    old = flat_layout(net)
+    anchor, reference_gradient = net.get_params().detach().clone(), net.get_grads()
+    importance = torch.rand(old.numel)
+    net.grow_classifier(6)
+    new = flat_layout(net)
+    kept = carry_vector(torch.ones(old.numel), old, new) == 1
+    assert int(kept.sum()) == old.numel and new.numel == old.numel + 3 * 5 + 3
+    assert torch.equal(carry_vector(anchor, old, new)[kept], net.get_params().detach()[kept])
+    assert torch.equal(carry_vector(reference_gradient, old, new)[kept], net.get_grads()[kept])
+    carried = carry_vector(importance, old, new, fill=0.0)
+    assert torch.equal(carried[kept], importance) and not carried[~kept].any()
+    # The EWC penalty with the carried anchor and importance is that of before: new units are free.
+    penalty = (carried * (net.get_params() - carry_vector(anchor, old, new)) ** 2).sum()
+    assert penalty.item() == 0.0
+
+
+def test_the_layout_describes_named_parameters() -> None:
+    net = resnet18(3, num_filters=4)
+    layout = flat_layout(net)
+    offset = 0
+    for entry, (name, p) in zip(layout, net.named_parameters(), strict=True):
+        assert (entry.name, entry.offset, entry.shape, entry.dtype) == (name, offset, tuple(p.shape), p.dtype)
+        offset += p.numel()
+    assert layout.numel == offset == net.get_params().numel()
+    vector = net.get_params().detach()
+    assert torch.equal(layout.view(vector, "classifier.weight"), net.classifier.weight)
+    assert torch.equal(vector[layout.span("layer2")], backbone.get_params(net.layer2).detach())
+    assert "classifier.bias" in layout and "nope" not in layout and len(layout) == len(list(net.parameters()))
+
+
+def test_spans_follow_named_parameters_and_unknown_names_are_key_errors() -> None:
+    net = nn.Module()
+    net.a = nn.Linear(2, 2)
+    net.b = nn.Linear(2, 2)
+    net.c = nn.Module()
+    net.c.first = nn.Parameter(torch.zeros(1))
+    net.c.tied = net.a.weight  # named under 'a', where it comes first
+    net.d = nn.Parameter(torch.zeros(1))  # the root's own parameters come first
+    layout = flat_layout(net)
+    assert [e.name for e in layout] == ["d", "a.weight", "a.bias", "b.weight", "b.bias", "c.first"]
+    assert layout.span("a") == slice(1, 7) and layout.span("c") == slice(13, 14) and layout.span("d") == slice(0, 1)
+    with pytest.raises(KeyError, match="no parameter under 'zzz'"):
+        layout.span("zzz")
+    with pytest.raises(KeyError, match="no parameter named 'zzz'"):
+        layout["zzz"]
+
+
+def test_carry_refuses_what_would_lose_values() -> None:
+    small, big = nn.Linear(3, 2), nn.Linear(3, 4)
+    old, new = flat_layout(small), flat_layout(big)
+    vector = torch.arange(8.0)
+    with pytest.raises(ValueError, match="went from shape \\(4, 3\\) to \\(2, 3\\)"):
+        carry_vector(torch.zeros(16), new, old)
+    other = nn.Module()
+    other.weight = nn.Parameter(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="has no parameter 'bias'"):
+        carry_vector(vector, old, flat_layout(other))
+    dropped = carry_vector(vector, old, flat_layout(other), drop_removed=True)
+    assert torch.equal(dropped[:6], vector[:6]) and not dropped[6:].any()
+    assert torch.equal(carry_vector(vector, old, new, fill=-1.0)[12:], torch.tensor([6.0, 7.0, -1.0, -1.0]))
+
+
+def test_mask_unseen() -> None:
+    logits = torch.tensor([[1.0, 5.0, 9.0, 0.0]], requires_grad=True)
+    masked = mask_unseen(logits, 2)
+    assert masked.argmax(1).item() == 1
+    loss = nn.functional.cross_entropy(masked, torch.tensor([0]))
+    loss.backward()
+    assert logits.grad is not None and torch.equal(logits.grad[0, 2:], torch.zeros(2))
+    assert torch.equal(mask_unseen(logits, 4), logits)
+
+
+def test_the_function_and_the_method_are_the_same_growth() -> None:
+    a, b = MNISTMLP(6, 3, hidden_size=5), MNISTMLP(6, 3, hidden_size=5)
+    b.load_state_dict(a.state_dict())
+    torch.manual_seed(1)
+    a.grow_classifier(4)
+    torch.manual_seed(1)
+    grow_classifier(b, 4)
+    assert torch.equal(a.get_params(), b.get_params())
