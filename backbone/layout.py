@@ -5,8 +5,8 @@ A flat parameter or gradient vector (:func:`~backbone.get_params`,
 each parameter, flattened in row-major order, one after the other. When the
 network changes shape (a classifier that grows), the layout changes, and every
 vector a method keeps (an EWC anchor and importance, an A-GEM reference
-gradient) must move with it. :func:`flat_layout` describes a layout;
-:func:`carry_vector` moves a vector from one layout to another.
+gradient) must move with it. :func:`~backbone.flat_layout` describes a layout;
+:func:`~backbone.carry_vector` moves a vector from one layout to another.
 """
 
 from __future__ import annotations
