@@ -214,6 +214,20 @@ class TimmBackbone(_Wrapper):
             raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
         self.model.reset_classifier(num_classes)
 
+    def grow_classifier(self, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Grow the model's linear classifier (see :func:`backbone.grow_classifier`); ``model.num_classes`` follows.
+
+        Example:
+            >>> import torch
+            >>> from backbone import from_timm
+            >>> net = from_timm("resnet18", num_classes=2)
+            >>> net.grow_classifier(5)
+            >>> net.num_classes, net.model.num_classes, net(torch.zeros(2, 3, 64, 64)).shape
+            (5, 5, torch.Size([2, 5]))
+        """
+        super().grow_classifier(num_classes, optimizer=optimizer)
+        self.model.num_classes = num_classes
+
     @property  # type: ignore[misc]
     def num_classes(self) -> int:
         """The model's ``num_classes``.

@@ -235,3 +235,21 @@ def test_the_docs_page_examples_run() -> None:
     namespace: dict[str, object] = {}
     for block in blocks:
         exec(compile("\n".join(line[4:] for line in block.splitlines()), "docs/timm.rst", "exec"), namespace)
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: from_timm("resnet18", num_classes=3), lambda: from_torchvision("resnet18", num_classes=3)]
+)
+def test_adapted_models_grow_like_the_reference_backbones(make) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    net = make().eval()
+    x = torch.randn(2, 3, 64, 64)
+    weight = net.get_classifier().weight
+    with torch.no_grad():
+        before = net(x)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net.grow_classifier(5, optimizer=optimizer)
+    with torch.no_grad():
+        after = net(x)
+    assert after.shape == (2, 5) and net.num_classes == 5 and net.get_classifier().weight is weight
+    torch.testing.assert_close(after[:, :3], before, rtol=1e-6, atol=1e-6)
