@@ -310,6 +310,42 @@ class _Checker:
         with torch.no_grad():
             self.close(self.net(self.x, returnt="out"), self.out(), "the logits after a grads round-trip")
 
+    def rule_prerelu(self) -> None:
+        toggle = getattr(self.net, "set_return_prerelu", None)
+        if not callable(toggle):
+            raise _Skip("the backbone has no set_return_prerelu")
+        was = bool(getattr(self.net, "return_prerelu", False))
+        with torch.no_grad():
+            logits, post = self._full("returnt='full'")
+            try:
+                toggle(True)
+                pre_logits, pre = self._full("returnt='full' after set_return_prerelu(True)")
+            finally:
+                toggle(was)
+        self.close(pre_logits, logits, "the logits with and without set_return_prerelu(True)")
+        _require(len(pre) == len(post), f"{len(pre)} pre-activation stages for {len(post)} stages")
+        for i, (a, b) in enumerate(zip(pre, post, strict=True)):
+            _require(a.shape == b.shape, f"stage {i}: shapes differ, {tuple(a.shape)} and {tuple(b.shape)}")
+            if torch.equal(a, b):
+                # Allowed only where no activation follows the stage: a ReLU
+                # output has no negative values, so a stage that has some is
+                # genuinely unchanged, one with none was probably not switched.
+                _require(
+                    bool((a < 0).any()) or not bool((a == 0).any()),
+                    f"stage {i} is unchanged and looks like a ReLU output (no negative values, some zeros); "
+                    "set_return_prerelu(True) should give it before its activation",
+                )
+            else:
+                self.close(a.relu(), b, f"stage {i}: relu of the pre-activation output and the output")
+
+    def _full(self, what: str) -> tuple[Tensor, list[Tensor]]:
+        full = self.net(self.x, returnt="full")
+        _require(
+            isinstance(full, tuple) and len(full) == 2 and isinstance(full[1], list),
+            f"{what} should be (logits, [stages]), got {_describe(full)}",
+        )
+        return full[0], full[1]
+
     def rule_float64(self) -> None:
         try:
             twin = copy.deepcopy(self.net)
@@ -340,6 +376,7 @@ _RULES: tuple[tuple[str, Callable[[_Checker], None]], ...] = (
     ("get_params() is differentiable, laid out like get_grads()", _Checker.rule_params_differentiable),
     ("set_grads(v) writes v into .grad in parameters() order and round-trips", _Checker.rule_grads_round_trip),
     ("to(torch.float64) converts the backbone", _Checker.rule_float64),
+    ("set_return_prerelu(True) gives each stage before its activation", _Checker.rule_prerelu),
 )
 
 CONTRACT_RULES: tuple[str, ...] = tuple(rule for rule, _ in _RULES)
@@ -426,10 +463,14 @@ def check_backbone(
       (the Parameter objects stay the same), ``get_params`` is
       differentiable and laid out like ``get_grads``, ``set_grads`` writes
       each ``.grad``'s slice, and the round-trips leave the outputs unchanged;
-    * ``to(torch.float64)`` converts the backbone (tried on a deep copy).
+    * ``to(torch.float64)`` converts the backbone (tried on a deep copy);
+    * where the backbone has ``set_return_prerelu``, switching it on keeps
+      the logits and gives each ``'full'`` stage before its activation (the
+      same shapes, and the ReLU of each is the stage as before), and it is
+      switched back afterwards.
 
     A rule that does not apply (no ``classifier``, no parameter that requires
-    grad) is reported with status ``'skip'``: not verified, and not a
+    grad, no ``set_return_prerelu``) is reported with status ``'skip'``: not verified, and not a
     failure. The rules run with autograd enabled, even when called under
     :func:`torch.inference_mode` or with an input made there.
 

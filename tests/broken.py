@@ -180,3 +180,18 @@ class LogitsStayFloat32(TinyNet):
     def forward(self, x: Tensor, returnt: str = "out"):  # type: ignore[no-untyped-def, override]
         result = super().forward(x, returnt)  # type: ignore[arg-type]
         return result.float() if isinstance(result, Tensor) else result
+
+
+class PrereluIgnored(TinyNet):
+    """A no-op set_return_prerelu: 'full' still gives post-ReLU stages."""
+
+    def set_return_prerelu(self, enable: bool = True) -> None:
+        self.return_prerelu = enable
+
+
+class PrereluChangesLogits(TinyNet):
+    def set_return_prerelu(self, enable: bool = True) -> None:
+        self.return_prerelu = enable
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return super().forward_head(x + 1 if getattr(self, "return_prerelu", False) else x, pre_logits)

@@ -19,7 +19,14 @@ from backbone import (
 
 RULES = list(CONTRACT_RULES)
 OUT, FEATURES, BOTH, FULL, FEATURES_METHOD, UNKNOWN, CLASSIFIER, FEATURE_DIM = RULES[:8]
-SET_PARAMS, IDENTITY, DIFFERENTIABLE, SET_GRADS, FLOAT64 = RULES[8:]
+SET_PARAMS, IDENTITY, DIFFERENTIABLE, SET_GRADS, FLOAT64, PRERELU = RULES[8:]
+
+
+def assert_all_verified_but_prerelu(results: list[RuleResult]) -> None:
+    """Every rule passes; the pre-activation rule is skipped, as for any backbone without set_return_prerelu."""
+    statuses = {r.rule: r.status for r in results}
+    assert statuses.pop(PRERELU) == "skip"
+    assert set(statuses.values()) == {"pass"}
 
 
 def failures(net: torch.nn.Module, x: torch.Tensor | None = None) -> dict[str, str]:
@@ -44,7 +51,7 @@ def test_every_reference_backbone_passes(name: str) -> None:
 
 
 def test_the_rules_are_the_documented_ones() -> None:
-    assert len(set(CONTRACT_RULES)) == len(CONTRACT_RULES) == 13
+    assert len(set(CONTRACT_RULES)) == len(CONTRACT_RULES) == 14
     assert CONTRACT_RULES[3] == "returnt='full' gives (logits, [stage outputs]) with the same logits"
 
 
@@ -52,34 +59,32 @@ def test_a_fully_frozen_backbone_passes_with_differentiability_not_verified() ->
     net = TinyNet().requires_grad_(False)
     results = {r.rule: r for r in check_backbone(net, torch.randn(3, 4))}
     assert results[DIFFERENTIABLE].status == "skip" and "no parameter requires grad" in results[DIFFERENTIABLE].detail
-    assert all(r.status == "pass" for rule, r in results.items() if rule != DIFFERENTIABLE)
+    assert all(r.status == "pass" for rule, r in results.items() if rule not in (DIFFERENTIABLE, PRERELU))
 
 
 def test_an_input_made_under_inference_mode_is_accepted() -> None:
     with torch.inference_mode():
         x = torch.randn(3, 4)
-    assert all(r.status == "pass" for r in check_backbone(TinyNet(), x))
+    assert_all_verified_but_prerelu(check_backbone(TinyNet(), x))
 
 
 def test_the_checker_works_when_called_under_inference_mode_or_no_grad() -> None:
     net = TinyNet()
     with torch.inference_mode():
-        assert all(r.status == "pass" for r in check_backbone(net, torch.randn(3, 4)))
+        assert_all_verified_but_prerelu(check_backbone(net, torch.randn(3, 4)))
     with torch.no_grad():
-        assert all(r.status == "pass" for r in check_backbone(net, torch.randn(3, 4)))
+        assert_all_verified_but_prerelu(check_backbone(net, torch.randn(3, 4)))
     assert not any(p.is_inference() for p in net.parameters())
 
 
 def test_a_dropout_backbone_passes_because_rules_run_in_eval_mode() -> None:
     net = DropoutNet().train()
-    results = check_backbone(net, torch.randn(16, 4))
-    assert all(r.status == "pass" for r in results)
+    assert_all_verified_but_prerelu(check_backbone(net, torch.randn(16, 4)))
     assert net.training and net.dropout.training
 
 
 def test_mammoth_style_subclass_passes() -> None:
-    results = check_backbone(MammothStyleNet(), torch.randn(3, 8))
-    assert all(r.status == "pass" for r in results)
+    assert_all_verified_but_prerelu(check_backbone(MammothStyleNet(), torch.randn(3, 8)))
 
 
 @pytest.mark.parametrize(
@@ -103,6 +108,8 @@ def test_mammoth_style_subclass_passes() -> None:
         (broken.SetGradsIgnored(), [SET_GRADS], "each parameter's .grad after set_grads(v) and its slice of v"),
         (broken.SetGradsReversed(), [DIFFERENTIABLE, SET_GRADS], "get_grads() after backward through get_params()"),
         (broken.ToIgnoresDtype(), [FLOAT64], "parameters not converted to float64"),
+        (broken.PrereluIgnored(), [PRERELU], "is unchanged and looks like a ReLU output"),
+        (broken.PrereluChangesLogits(), [PRERELU], "the logits with and without set_return_prerelu(True)"),
         (
             broken.LogitsStayFloat32(),
             [FLOAT64],

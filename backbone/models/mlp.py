@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from torch import Tensor, nn
 
-from backbone.base import MammothBackbone, _check_output_fmt, _forward_stages
+from backbone.base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
 from backbone.init import xavier
 from backbone.models._checks import check_positive_ints
 from backbone.registry import register_backbone
@@ -49,6 +50,7 @@ class MNISTMLP(MammothBackbone):
         self.input_size = input_size
         self.output_size = output_size
         self.feature_dim = hidden_size
+        self.return_prerelu = False
         self.fc1 = nn.Linear(input_size, hidden_size)
         self.act1 = nn.ReLU()
         self.fc2 = nn.Linear(hidden_size, hidden_size)
@@ -93,8 +95,47 @@ class MNISTMLP(MammothBackbone):
             (torch.Size([5, 3]), 2)
         """
         _check_output_fmt(output_fmt, ("NCHW",))
-        stages = [lambda h: self.act1(self.fc1(h.flatten(1))), lambda h: self.act2(self.fc2(h))]
-        return _forward_stages(x, stages, indices, stop_early, intermediates_only)
+        pre: list[Tensor] = []
+
+        def stage(linear: nn.Linear, act: nn.Module) -> Callable[[Tensor], Tensor]:
+            def run(h: Tensor) -> Tensor:
+                h = linear(h.flatten(1))
+                pre.append(h)
+                return cast(Tensor, act(h))
+
+            return run
+
+        stages = [stage(self.fc1, self.act1), stage(self.fc2, self.act2)]
+        result = _forward_stages(x, stages, indices, stop_early, intermediates_only)
+        if not self.return_prerelu:
+            return result
+        chosen = [pre[i] for i in sorted(set(feature_take_indices(2, indices)[0]))]
+        return chosen if intermediates_only else (cast("tuple[Tensor, list[Tensor]]", result)[0], chosen)
+
+    def set_return_prerelu(self, enable: bool = True) -> None:
+        """Make ``'full'`` give each hidden layer before its ReLU: ``fc1(x)`` and ``fc2(hidden1)``.
+
+        The logits and features do not change.
+
+        Args:
+            enable: turn the pre-activation outputs on or off.
+
+        Raises:
+            TypeError: ``enable`` is not a bool.
+
+        Example:
+            >>> import torch
+            >>> from backbone import MNISTMLP
+            >>> net = MNISTMLP(4, 2, hidden_size=3)
+            >>> net.set_return_prerelu(True)
+            >>> x = torch.randn(5, 4)
+            >>> _, (pre1, pre2) = net(x, returnt="full")
+            >>> torch.equal(pre1, net.fc1(x))
+            True
+        """
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        self.return_prerelu = enable
 
     def init_classifier(self, classifier: nn.Linear) -> None:
         """Glorot-uniform weights and zero bias, as at construction (see :func:`~backbone.xavier`).

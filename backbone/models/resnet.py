@@ -8,12 +8,12 @@ the first stage.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backbone.base import MammothBackbone, _check_output_fmt, _forward_stages
+from backbone.base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
 from backbone.models._checks import check_positive_ints
 from backbone.registry import register_backbone
 
@@ -37,6 +37,10 @@ def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Module:
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions with a residual connection (ResNet-18 and -34).
 
+    With ``return_prerelu`` set (see :meth:`ResNet.set_return_prerelu`), each
+    forward keeps the block's output before its final ReLU (after the
+    residual sum) as ``self.prerelu``, as Mammoth's blocks do.
+
     Args:
         in_planes: input channels.
         planes: output channels (times ``expansion``, which is 1).
@@ -53,6 +57,7 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
+        self.return_prerelu = False
         self.conv1 = conv3x3(in_planes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes)
@@ -69,12 +74,16 @@ class BasicBlock(nn.Module):
             torch.Size([1, 8, 4, 4])
         """
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        out = self.bn2(self.conv2(out)) + self.shortcut(x)
+        if self.return_prerelu:
+            self.prerelu = out
+        return F.relu(out)
 
 
 class Bottleneck(nn.Module):
     """1x1, 3x3 and 1x1 convolutions with a residual connection (ResNet-50).
+
+    Like :class:`BasicBlock`, it keeps ``self.prerelu`` when ``return_prerelu`` is set.
 
     The stride sits on the 3x3 convolution, as in torchvision.
 
@@ -95,6 +104,7 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
+        self.return_prerelu = False
         self.conv1 = conv1x1(in_planes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = conv3x3(planes, planes, stride)
@@ -114,8 +124,10 @@ class Bottleneck(nn.Module):
         """
         out = F.relu(self.bn1(self.conv1(x)))
         out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return F.relu(out + self.shortcut(x))
+        out = self.bn3(self.conv3(out)) + self.shortcut(x)
+        if self.return_prerelu:
+            self.prerelu = out
+        return F.relu(out)
 
 
 class ResNet(MammothBackbone):
@@ -171,6 +183,7 @@ class ResNet(MammothBackbone):
         for count in layers:
             check_positive_ints(layers=count)
         super().__init__()
+        self.return_prerelu = False
         self.num_classes = num_classes
         self.num_filters = num_filters
         self.conv1 = conv3x3(in_channels, num_filters)
@@ -195,8 +208,49 @@ class ResNet(MammothBackbone):
             self._in_planes = planes * block.expansion
         return nn.Sequential(*stage)
 
-    def _stages(self) -> list[Callable[[Tensor], Tensor]]:
-        return [lambda x: self.act1(self.bn1(self.conv1(x))), self.layer1, self.layer2, self.layer3, self.layer4]
+    def set_return_prerelu(self, enable: bool = True) -> None:
+        """Make ``'full'`` (and :meth:`forward_intermediates`) give each stage's output before its final ReLU.
+
+        As Mammoth's ResNet does, for the methods that read pre-activations
+        (TwF, LiDER): the stem's ``bn1(conv1(x))``, and the residual sum of the
+        last block of each stage, which that block also keeps as
+        ``layerN[-1].prerelu``. The logits and features do not change. Off, it
+        costs nothing.
+
+        Args:
+            enable: turn the pre-activation outputs on or off.
+
+        Raises:
+            TypeError: ``enable`` is not a bool.
+
+        Example:
+            >>> import torch
+            >>> from backbone import resnet18
+            >>> net = resnet18(10, num_filters=4).eval()
+            >>> x = torch.randn(2, 3, 32, 32)
+            >>> _, post = net(x, returnt="full")
+            >>> net.set_return_prerelu(True)
+            >>> _, pre = net(x, returnt="full")
+            >>> all(torch.equal(p.relu(), q) for p, q in zip(pre, post))
+            True
+            >>> torch.equal(net.layer4[-1].prerelu, pre[-1])
+            True
+        """
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        self.return_prerelu = enable
+        for module in self.modules():
+            if isinstance(module, (BasicBlock, Bottleneck)):
+                module.return_prerelu = enable
+
+    def _stages(self, stem_prerelu: list[Tensor] | None = None) -> list[Callable[[Tensor], Tensor]]:
+        def stem(x: Tensor) -> Tensor:
+            out = self.bn1(self.conv1(x))
+            if stem_prerelu is not None:
+                stem_prerelu.append(out)
+            return cast(Tensor, self.act1(out))
+
+        return [stem, self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Return the unpooled output of stage 4, ``[B, feature_dim, H/8, W/8]``.
@@ -233,7 +287,13 @@ class ResNet(MammothBackbone):
             (torch.Size([2, 32, 4, 4]), 5)
         """
         _check_output_fmt(output_fmt, ("NCHW",))
-        return _forward_stages(x, self._stages(), indices, stop_early, intermediates_only)
+        if not self.return_prerelu:
+            return _forward_stages(x, self._stages(), indices, stop_early, intermediates_only)
+        stem: list[Tensor] = []
+        final, _ = cast("tuple[Tensor, list[Tensor]]", _forward_stages(x, self._stages(stem), indices, stop_early, False))
+        taken = sorted(set(feature_take_indices(5, indices)[0]))
+        pre = [stem[0] if i == 0 else getattr(self, f"layer{i}")[-1].prerelu for i in taken]
+        return pre if intermediates_only else (final, pre)
 
 
 @register_backbone("resnet18", example_kwargs={"num_classes": 10}, example_input_shape=(3, 32, 32))

@@ -151,6 +151,7 @@ class VisionTransformer(MammothBackbone):
         if img_size % patch_size:
             raise ValueError(f"img_size must be a multiple of patch_size, got {img_size} and {patch_size}")
         super().__init__()
+        self.return_prerelu = False
         self.num_prefix_tokens = 1
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         num_patches = self.patch_embed.grid_size[0] * self.patch_embed.grid_size[1]
@@ -234,6 +235,34 @@ class VisionTransformer(MammothBackbone):
             10
         """
         return self.head.out_features if isinstance(self.head, nn.Linear) else 0
+
+    def set_return_prerelu(self, enable: bool = True) -> None:
+        """Accepted for methods that ask for pre-activation stages (TwF, LiDER); the outputs do not change.
+
+        A stage here is a pre-norm transformer block, which ends in a residual
+        sum with no activation after it, so its output *is* its
+        pre-activation: ``'full'`` gives the same tensors either way.
+
+        Args:
+            enable: turn the pre-activation outputs on or off.
+
+        Raises:
+            TypeError: ``enable`` is not a bool.
+
+        Example:
+            >>> import torch
+            >>> from backbone import vit_tiny_patch4_32
+            >>> net = vit_tiny_patch4_32(10).eval()
+            >>> x = torch.randn(1, 3, 32, 32)
+            >>> _, post = net(x, returnt="full")
+            >>> net.set_return_prerelu(True)
+            >>> _, pre = net(x, returnt="full")
+            >>> all(torch.equal(a, b) for a, b in zip(pre, post))
+            True
+        """
+        if not isinstance(enable, bool):
+            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        self.return_prerelu = enable
 
     def _embed(self, x: Tensor) -> Tensor:
         x = self.patch_embed(x)
