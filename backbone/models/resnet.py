@@ -290,7 +290,8 @@ class ResNet(MammothBackbone):
         if not self.return_prerelu:
             return _forward_stages(x, self._stages(), indices, stop_early, intermediates_only)
         stem: list[Tensor] = []
-        final, _ = cast("tuple[Tensor, list[Tensor]]", _forward_stages(x, self._stages(stem), indices, stop_early, False))
+        result = _forward_stages(x, self._stages(stem), indices, stop_early, False)
+        final = cast("tuple[Tensor, list[Tensor]]", result)[0]
         taken = sorted(set(feature_take_indices(5, indices)[0]))
         pre = [stem[0] if i == 0 else getattr(self, f"layer{i}")[-1].prerelu for i in taken]
         return pre if intermediates_only else (final, pre)
