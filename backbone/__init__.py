@@ -9,8 +9,8 @@ Example:
     (torch.Size([3, 10]), torch.Size([3, 100]))
 """
 
-from backbone.adapters import TimmBackbone, TorchvisionBackbone, from_timm, from_torchvision
-from backbone.base import (
+from .adapters import TimmBackbone, TorchvisionBackbone, from_timm, from_torchvision
+from .base import (
     RETURN_TYPES,
     BackboneOutput,
     MammothBackbone,
@@ -18,12 +18,12 @@ from backbone.base import (
     check_returnt,
     feature_take_indices,
 )
-from backbone.check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
-from backbone.flat import get_grads, get_grads_list, get_params, set_grads, set_params
-from backbone.growth import grow_classifier, mask_unseen
-from backbone.init import xavier
-from backbone.layout import FlatLayout, LayoutEntry, carry_vector, flat_layout
-from backbone.models import (
+from .check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
+from .flat import get_grads, get_grads_list, get_params, set_grads, set_params
+from .growth import grow_classifier, mask_unseen
+from .init import xavier
+from .layout import FlatLayout, LayoutEntry, carry_vector, flat_layout
+from .models import (
     MNISTMLP,
     BasicBlock,
     Bottleneck,
@@ -38,7 +38,7 @@ from backbone.models import (
     vit_tiny_patch4_32,
     vit_tiny_patch16_224,
 )
-from backbone.registry import (
+from .registry import (
     RegisteredBackbone,
     get_backbone,
     list_backbones,
@@ -46,7 +46,7 @@ from backbone.registry import (
     registered,
     unregister_backbone,
 )
-from backbone.shapes import num_flat_features
+from .shapes import num_flat_features
 
 __version__ = "0.1.0"
 

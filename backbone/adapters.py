@@ -21,7 +21,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from backbone.base import MammothBackbone, _check_output_fmt, feature_take_indices
+from .base import MammothBackbone, _check_output_fmt, feature_take_indices
 
 __all__ = ["TimmBackbone", "TorchvisionBackbone", "from_timm", "from_torchvision"]
 

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeAlias, cast, get_args
 import torch
 from torch import Tensor, nn
 
-from backbone import flat
+from . import flat
 
 __all__ = ["RETURN_TYPES", "BackboneOutput", "MammothBackbone", "ReturnType", "check_returnt", "feature_take_indices"]
 
@@ -563,7 +563,7 @@ class MammothBackbone(nn.Module):
             >>> net.num_classes, net(torch.zeros(1, 4)).shape
             (4, torch.Size([1, 4]))
         """
-        from backbone.growth import grow_classifier
+        from .growth import grow_classifier
 
         grow_classifier(self, num_classes, optimizer=optimizer)
 

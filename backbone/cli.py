@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from backbone.base import MammothBackbone
-from backbone.check import ContractError, RuleResult, check_backbone
-from backbone.registry import get_backbone, list_backbones, registered
+from .base import MammothBackbone
+from .check import ContractError, RuleResult, check_backbone
+from .registry import get_backbone, list_backbones, registered
 
 __all__ = ["main"]
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from backbone.base import MammothBackbone
+from .base import MammothBackbone
 
 __all__ = [
     "RegisteredBackbone",
@@ -107,25 +107,32 @@ def register_backbone(
     *,
     example_kwargs: dict[str, Any] | None = None,
     example_input_shape: tuple[int, ...] | None = None,
+    override: bool = False,
 ) -> Callable[[Builder], Builder]:
     """Register a :class:`~backbone.MammothBackbone` subclass or a factory under ``name``.
 
     Use it as a decorator; the decorated object is returned unchanged.
+    Registering a name that is taken is an error that says how to replace the
+    entry: ``override=True`` replaces it (a copy of Mammoth's ResNet file, which
+    registers ``resnet18`` again, needs that), or
+    :func:`~backbone.unregister_backbone` frees the name first.
 
     Args:
         name: the name to register (case-insensitive, ``_`` equals ``-``).
         example_kwargs: keyword arguments for a typical instance, used by
             ``python -m backbone list``.
         example_input_shape: the shape of one sample for that instance.
+        override: replace an entry of the same name instead of refusing.
 
     Returns:
         The decorator.
 
     Raises:
-        ValueError: the name is already registered or is not made of letters,
-            digits, ``-``, ``_`` and ``.`` (starting with a letter or digit),
-            or ``example_input_shape`` has a size that is not positive.
-        TypeError: the name is not a str, ``example_kwargs`` is not a dict
+        ValueError: the name is already registered (and ``override`` is
+            False), or is not made of letters, digits, ``-``, ``_`` and ``.``
+            (starting with a letter or digit), or ``example_input_shape`` has
+            a size that is not positive.
+        TypeError: ``override`` is not a bool, the name is not a str, ``example_kwargs`` is not a dict
             with str keys, ``example_input_shape`` is not a tuple or list of
             ints, or the decorated object is a class that does not derive from
             ``MammothBackbone`` or is not callable.
@@ -138,10 +145,11 @@ def register_backbone(
         ...     return MNISTMLP(4, num_classes, hidden_size=3)
         >>> get_backbone("Tiny_MLP", num_classes=5).classifier.out_features
         5
-        >>> register_backbone("tiny-mlp")(tiny_mlp)
+        >>> register_backbone("tiny-mlp")(tiny_mlp)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: a backbone named 'tiny-mlp' is already registered
+        ValueError: a backbone named 'tiny-mlp' is already registered; pass override=True to replace it, ...
+        >>> _ = register_backbone("tiny-mlp", override=True)(tiny_mlp)
         >>> unregister_backbone("tiny-mlp")
         >>> register_backbone("tiny mlp")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -151,20 +159,29 @@ def register_backbone(
     key = _check_name(name)
     kwargs = _check_example_kwargs(example_kwargs)
     shape = _check_shape(example_input_shape)
-    if key in _REGISTRY:
-        raise ValueError(f"a backbone named {key!r} is already registered")
+    if not isinstance(override, bool):
+        raise TypeError(f"override must be a bool, got {type(override).__name__}")
+    if key in _REGISTRY and not override:
+        raise ValueError(_taken(key))
 
     def decorator(builder: Builder) -> Builder:
         if inspect.isclass(builder) and not issubclass(builder, MammothBackbone):
             raise TypeError(f"register_backbone expects a MammothBackbone subclass or a factory, got {builder!r}")
         if not callable(builder):
             raise TypeError(f"register_backbone expects a MammothBackbone subclass or a factory, got {builder!r}")
-        if key in _REGISTRY:
-            raise ValueError(f"a backbone named {key!r} is already registered")
+        if key in _REGISTRY and not override:
+            raise ValueError(_taken(key))
         _REGISTRY[key] = RegisteredBackbone(key, builder, dict(kwargs), shape)
         return builder
 
     return decorator
+
+
+def _taken(key: str) -> str:
+    return (
+        f"a backbone named {key!r} is already registered; pass override=True to replace it, "
+        "or unregister_backbone() it first"
+    )
 
 
 def registered(name: str) -> RegisteredBackbone:

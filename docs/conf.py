@@ -54,7 +54,7 @@ nitpick_ignore_regex = [
     (r"py:class", r"backbone\.registry\.Builder"),
     # The adapters' private common base, shown by show-inheritance.
     (r"py:class", r"backbone\.adapters\._Wrapper"),
-    (r"py:class", r"os\..*"),
+    (r"py:class", r"(os|argparse)\..*"),
 ]
 
 doctest_global_setup = "import torch"

@@ -283,6 +283,7 @@ MATRIX = [
     Bad("register/kwargs", lambda n: register("x1", example_kwargs=[("a", 1)]), TypeError, "example_kwargs must be a dict"),
     Bad("register/kwargs-keys", lambda n: register("x1", example_kwargs={1: 2}), TypeError, "example_kwargs must have str keys"),
     Bad("register/duplicate", lambda n: register("ResNet18"), ValueError, "is already registered"),
+    Bad("register/override", lambda n: register("ResNet18", override="yes"), TypeError, "override must be a bool"),
     Bad("register/not-a-backbone", lambda n: backbone.register_backbone("x1")(nn.Linear), TypeError, "expects a MammothBackbone subclass or a factory"),
     Bad("get_backbone/unknown", lambda n: backbone.get_backbone("resnet81"), ValueError, "unknown backbone"),
     Bad("get_backbone/type", lambda n: backbone.get_backbone(None), TypeError, "a backbone name must be a str, got"),

@@ -112,3 +112,23 @@ def test_unregister_unknown_name() -> None:
 def test_non_string_name() -> None:
     with pytest.raises(TypeError, match="name must be a str, got int"):
         get_backbone(18)  # type: ignore[arg-type]
+
+
+def test_override_replaces_an_entry_and_says_how_when_refused() -> None:
+    from backbone import MNISTMLP, get_backbone, register_backbone, registered, unregister_backbone
+
+    original = registered("resnet18")
+    with pytest.raises(ValueError, match="pass override=True to replace it, or unregister_backbone"):
+        register_backbone("resnet18")(MNISTMLP)
+    try:
+        register_backbone("resnet18", override=True)(lambda num_classes: MNISTMLP(4, num_classes))
+        assert isinstance(get_backbone("resnet18", num_classes=3), MNISTMLP)
+    finally:
+        unregister_backbone("resnet18")
+        register_backbone(
+            "resnet18",
+            example_kwargs=original.example_kwargs,
+            override=False,
+            example_input_shape=original.example_input_shape,
+        )(original.builder)
+    assert registered("resnet18") == original

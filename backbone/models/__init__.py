@@ -1,8 +1,8 @@
 """Reference backbones; importing this module registers them."""
 
-from backbone.models.mlp import MNISTMLP
-from backbone.models.resnet import BasicBlock, Bottleneck, ResNet, reduced_resnet18, resnet18, resnet34, resnet50
-from backbone.models.vit import (
+from .mlp import MNISTMLP
+from .resnet import BasicBlock, Bottleneck, ResNet, reduced_resnet18, resnet18, resnet34, resnet50
+from .vit import (
     VisionTransformer,
     vit_base_patch16_224,
     vit_small_patch16_224,

@@ -5,14 +5,43 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import cast
 
+import torch
 from torch import Tensor, nn
 
-from backbone.base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
-from backbone.init import xavier
-from backbone.models._checks import check_positive_ints
-from backbone.registry import register_backbone
+from ..base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
+from ..init import xavier
+from ..registry import register_backbone
+from ._checks import check_positive_ints
 
 __all__ = ["MNISTMLP"]
+
+
+# Mammoth's MNISTMLP holds the same three layers three times over: as fc1, fc2
+# and classifier, inside _features, and inside net; its state_dict has all 16.
+_MAMMOTH_ALIASES = {
+    "_features.0.": "fc1.",
+    "_features.2.": "fc2.",
+    "net.0.0.": "fc1.",
+    "net.0.2.": "fc2.",
+    "net.1.": "classifier.",
+}
+
+
+def _accept_mammoth_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *args: object) -> None:
+    """Fold the alias keys of a Mammoth MNISTMLP checkpoint into this model's own, checking they agree."""
+    for alias, canonical in _MAMMOTH_ALIASES.items():
+        for name in ("weight", "bias"):
+            key, target = prefix + alias + name, prefix + canonical + name
+            if key not in state_dict:
+                continue
+            value = state_dict.pop(key)
+            if target not in state_dict:
+                state_dict[target] = value
+            elif not torch.equal(state_dict[target], value):
+                raise ValueError(
+                    f"the checkpoint's {key!r} should be an alias of {target!r} (as in Mammoth's MNISTMLP), "
+                    "but their values differ"
+                )
 
 
 @register_backbone("mnistmlp", example_kwargs={"input_size": 784, "output_size": 10}, example_input_shape=(1, 28, 28))
@@ -23,6 +52,11 @@ class MNISTMLP(MammothBackbone):
     ``[B, 784]`` both work for ``input_size=784``. The two hidden layers are
     the stages: ``returnt='full'`` gives ``(logits, [hidden1, hidden2])``, and
     :meth:`forward_features` gives ``hidden2``, which needs no pooling.
+
+    Checkpoints of Mammoth's ``MNISTMLP`` load too: their ``state_dict``
+    holds each layer three times (also as ``_features.*`` and ``net.*``), and
+    those aliases are folded into ``fc1``, ``fc2`` and ``classifier`` (a
+    :class:`ValueError` if an alias disagrees with the key it aliases).
 
     Args:
         input_size: the number of input features per sample.
@@ -61,6 +95,7 @@ class MNISTMLP(MammothBackbone):
             {"num_chs": hidden_size, "reduction": 1, "module": "act2"},
         ]
         self.apply(xavier)
+        self.register_load_state_dict_pre_hook(_accept_mammoth_keys)  # type: ignore[no-untyped-call]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Return the second hidden layer, ``[B, hidden_size]``.

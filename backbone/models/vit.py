@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backbone.base import MammothBackbone, _check_output_fmt, feature_take_indices
-from backbone.models._checks import check_positive_ints
-from backbone.registry import register_backbone
+from ..base import MammothBackbone, _check_output_fmt, feature_take_indices
+from ..registry import register_backbone
+from ._checks import check_positive_ints
 
 __all__ = [
     "VisionTransformer",
