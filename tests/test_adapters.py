@@ -45,6 +45,11 @@ def _tv():  # type: ignore[no-untyped-def]
     return torchvision
 
 
+def assert_passes(results: list[backbone.RuleResult]) -> None:
+    """Every rule holds; an adapted model offers no set_return_prerelu, so that rule alone is not verified."""
+    assert {r.rule: r.status for r in results if r.status != "pass"} == {backbone.CONTRACT_RULES[-1]: "skip"}
+
+
 # --- the reference ViT against timm's -----------------------------------------
 
 VITS: list[tuple[Callable[[int], backbone.VisionTransformer], str, dict[str, int], int]] = [
@@ -124,7 +129,7 @@ def test_a_timm_model_becomes_a_backbone_that_passes_the_checker(name: str, kwar
     assert isinstance(net, TimmBackbone) and isinstance(net, backbone.MammothBackbone)
     assert [id(p) for p in net.parameters()] == [id(p) for p in model.parameters()]  # shared, same order
     x = torch.randn(2, 3, size, size)
-    assert all(r.status == "pass" for r in check_backbone(net, x))
+    assert_passes(check_backbone(net, x))
     with torch.no_grad():
         assert torch.equal(net(x), model(x))
         final = model.forward_features(x)
@@ -171,7 +176,7 @@ def test_a_torchvision_model_becomes_a_backbone_that_passes_the_checker(
     assert [id(p) for p in net.parameters()] == [id(p) for p in model.parameters()]
     assert [info["num_chs"] for info in net.feature_info] == channels
     x = torch.randn(2, 3, size, size)
-    assert all(r.status == "pass" for r in check_backbone(net, x))
+    assert_passes(check_backbone(net, x))
     with torch.no_grad():
         assert torch.equal(net(x), model(x))  # the model's own forward, split in two
         logits, stages = net(x, returnt="full")
