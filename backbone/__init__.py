@@ -47,6 +47,7 @@ from .registry import (
     unregister_backbone,
 )
 from .shapes import num_flat_features
+from .wrappers import unwrap
 
 __version__ = "0.1.0"
 
@@ -92,6 +93,7 @@ __all__ = [
     "set_grads",
     "set_params",
     "unregister_backbone",
+    "unwrap",
     "vit_base_patch16_224",
     "vit_small_patch16_224",
     "vit_tiny_patch4_32",

@@ -148,6 +148,13 @@ def _forward_stages(
     return intermediates if intermediates_only else (x, intermediates)
 
 
+def _strip_compile_prefix(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: object) -> None:
+    """Accept a checkpoint saved from ``torch.compile(net)``, whose keys start with ``_orig_mod.``."""
+    marker = prefix + "_orig_mod."
+    for key in [k for k in state_dict if k.startswith(marker)]:
+        state_dict[prefix + key[len(marker) :]] = state_dict.pop(key)
+
+
 class _StopEarly(Exception):
     """Raised by a forward hook to end the forward once the last wanted stage has run."""
 
@@ -274,6 +281,7 @@ class MammothBackbone(nn.Module):
             raise TypeError(f"MammothBackbone accepts only the keyword argument 'device'; got {unknown}")
         super().__init__()
         self._device_hint = _as_device(kwargs.get("device", "cpu"))
+        self.register_load_state_dict_pre_hook(_strip_compile_prefix)  # type: ignore[no-untyped-call]
 
     @property
     def device(self) -> torch.device:

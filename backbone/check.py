@@ -474,6 +474,11 @@ def check_backbone(
     failure. The rules run with autograd enabled, even when called under
     :func:`torch.inference_mode` or with an input made there.
 
+    A module compiled with :func:`torch.compile` is checked through its
+    original module (``net._orig_mod``): compiling must not change what it
+    computes, and checking the compiled one would recompile for every
+    ``returnt``, mode and dtype the rules try.
+
     The backbone is left as it was found: training modes; the parameter,
     buffer and tensor-attribute objects of every module and their values
     (reassigned ones are put back, added ones removed); and each ``.grad``.
@@ -516,6 +521,11 @@ def check_backbone(
             raise TypeError(f"{name} must be a float, got {type(tolerance).__name__}")
         if not tolerance >= 0:
             raise ValueError(f"{name} must be a non-negative float, got {tolerance!r}")
+    # A compiled module computes what its original does (the compile tests
+    # check that); checking the original avoids a recompile per returnt, mode
+    # and dtype, which would exhaust dynamo's recompile limit.
+    if type(net).__name__ == "OptimizedModule":
+        net = cast(nn.Module, getattr(net, "_orig_mod", net))
     results = []
     # The rules need autograd: run them as normal code, even when called
     # under torch.inference_mode() or with an input made there.

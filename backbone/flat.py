@@ -30,12 +30,24 @@ def _parameters(module: nn.Module) -> list[nn.Parameter]:
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
     params = list(module.parameters())
     for i, p in enumerate(params):
+        if _sharded(p):
+            raise TypeError(
+                f"parameter {_name(module, i)!r} is sharded by FSDP ({type(p).__name__}), so each rank holds only part "
+                "of it; flat vectors of a sharded model are not supported: use DistributedDataParallel, or gather the "
+                "full parameters first"
+            )
         if p.layout != torch.strided:
             raise TypeError(
                 f"parameter {_name(module, i)!r} must be a dense (strided) tensor, got layout {p.layout}; "
                 "flat vectors cover dense parameters only"
             )
     return params
+
+
+def _sharded(p: Tensor) -> bool:
+    # FSDP's fully_shard makes parameters DTensors; the older
+    # FullyShardedDataParallel flattens them into FlatParameters.
+    return type(p).__name__ == "DTensor" or bool(getattr(p, "_is_flat_param", False))
 
 
 def _name(module: nn.Module, index: int) -> str:

@@ -101,6 +101,13 @@ def sparse_grad_last() -> nn.Module:
     return net
 
 
+def fsdp1_like() -> nn.Module:
+    """A parameter marked as FSDP's FlatParameter marks itself: a rank-local shard."""
+    net = TinyNet()
+    net.stage2.weight._is_flat_param = True  # type: ignore[attr-defined]
+    return net
+
+
 class SparseParameterNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -190,6 +197,8 @@ MATRIX = [
     Bad("out/a-parameter", lambda n: backbone.get_params(n, out=n.storage[0:8]), ValueError, "out must not share memory with the model", ViewsOfOneBuffer),
     Bad("out/a-parameter-tail", lambda n: backbone.get_grads(n, out=n.storage[7:15]), ValueError, "out must not share memory with the model", ViewsOfOneBuffer),
     Bad("out/a-gradient", lambda n: backbone.get_grads(n, out=n.grad_storage), ValueError, "out must not share memory with the model", ViewsOfOneBuffer),
+    Bad("getters/sharded-parameter", lambda n: backbone.get_grads(n), TypeError, "is sharded by FSDP", lambda: fsdp1_like()),
+    Bad("unwrap/module", lambda n: backbone.unwrap("net"), TypeError, "expected a torch.nn.Module, got"),
     Bad("getters/sparse-parameter", lambda n: backbone.get_params(n), TypeError, "must be a dense (strided) tensor, got layout", SparseParameterNet),
     Bad("get_grads_list/sparse-parameter", lambda n: backbone.get_grads_list(n), TypeError, "must be a dense (strided) tensor, got layout", SparseParameterNet),
     # --- flat setters ------------------------------------------------------

@@ -1,0 +1,63 @@
+"""Reaching the backbone inside the wrappers that scaling out puts around it."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from torch import nn
+
+__all__ = ["unwrap"]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """Return the module inside ``DistributedDataParallel``, ``DataParallel``, FSDP and ``torch.compile`` wrappers.
+
+    A method that keeps its backbone as ``self.net`` cannot count on
+    ``self.net.get_grads()`` once the backbone is wrapped: the wrapper has
+    none of the backbone's methods, and a compiled module is not even an
+    instance of the backbone's class. ``unwrap(self.net)`` peels every layer
+    of wrapping (a compiled DDP model, say) and returns the backbone itself,
+    which shares its parameters with the wrapper. Calling the wrapper, with
+    any ``returnt``, still goes through the wrapper (and so through DDP's
+    gradient synchronisation, or the compiled graph).
+
+    Args:
+        module: the backbone, wrapped or not.
+
+    Returns:
+        The innermost module; ``module`` itself when it is not wrapped.
+
+    Raises:
+        TypeError: ``module`` is not a module.
+
+    Example:
+        >>> import torch
+        >>> from backbone import MNISTMLP, unwrap
+        >>> net = MNISTMLP(4, 2)
+        >>> wrapped = torch.nn.DataParallel(net)
+        >>> unwrap(wrapped) is net, unwrap(net) is net
+        (True, True)
+        >>> unwrap(wrapped).get_params().shape
+        torch.Size([10802])
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    while True:
+        inner = _inner(module)
+        if inner is None:
+            return module
+        module = inner
+
+
+def _inner(module: nn.Module) -> nn.Module | None:
+    # torch.compile's OptimizedModule keeps the original as _orig_mod;
+    # DataParallel, DistributedDataParallel and FSDP's wrapper class keep it
+    # as .module. Other modules with a submodule named "module" are not
+    # wrappers, so the class is checked by name (torch.distributed may be
+    # unavailable, and importing FSDP is slow).
+    name = type(module).__name__
+    if name == "OptimizedModule":
+        return cast(nn.Module, module._orig_mod)
+    if name in ("DataParallel", "DistributedDataParallel", "FullyShardedDataParallel"):
+        return cast(nn.Module, module.module)
+    return None
