@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
 from ..init import xavier
 from ..registry import register_backbone
-from ._checks import check_positive_ints
+from ._checks import check_bool, check_positive_ints
 
 __all__ = ["MNISTMLP"]
 
@@ -168,8 +168,7 @@ class MNISTMLP(MammothBackbone):
             >>> torch.equal(pre1, net.fc1(x))
             True
         """
-        if not isinstance(enable, bool):
-            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        check_bool("enable", enable)
         self.return_prerelu = enable
 
     def init_classifier(self, classifier: nn.Linear) -> None:

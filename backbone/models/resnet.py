@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from ..base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
 from ..registry import register_backbone
-from ._checks import check_positive_ints
+from ._checks import check_bool, check_positive_ints
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "reduced_resnet18", "resnet18", "resnet34", "resnet50"]
 
@@ -236,8 +236,7 @@ class ResNet(MammothBackbone):
             >>> torch.equal(net.layer4[-1].prerelu, pre[-1])
             True
         """
-        if not isinstance(enable, bool):
-            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        check_bool("enable", enable)
         self.return_prerelu = enable
         for module in self.modules():
             if isinstance(module, (BasicBlock, Bottleneck)):

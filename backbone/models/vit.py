@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from ..base import MammothBackbone, _check_output_fmt, feature_take_indices
 from ..registry import register_backbone
-from ._checks import check_positive_ints
+from ._checks import check_bool, check_positive_ints
 
 __all__ = [
     "VisionTransformer",
@@ -260,8 +260,7 @@ class VisionTransformer(MammothBackbone):
             >>> all(torch.equal(a, b) for a, b in zip(pre, post))
             True
         """
-        if not isinstance(enable, bool):
-            raise TypeError(f"enable must be a bool, got {type(enable).__name__}")
+        check_bool("enable", enable)
         self.return_prerelu = enable
 
     def _embed(self, x: Tensor) -> Tensor:
