@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from argparse import Namespace
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrizations, parametrize
 
 import backbone
-from backbone import registry
+from backbone import mammoth, registry
 
 ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.rst"
 
@@ -280,6 +281,11 @@ MATRIX = [
     Bad("from_timm/checkpoint", lambda n: backbone.adapters._load(n, 3), TypeError, "checkpoint must be a path to a saved state dict or a state dict"),
     Bad("resnet18/classes", lambda n: backbone.resnet18(0), ValueError, "must be a positive int, got"),
     # --- registry ----------------------------------------------------------
+    Bad("prerelu/type", lambda n: n.set_return_prerelu("yes"), TypeError, "enable must be a bool", lambda: backbone.resnet18(3, num_filters=4)),
+    Bad("mammoth/namespace", lambda n: mammoth.get_backbone({"backbone": "resnet18"}), TypeError, "args must be an argparse.Namespace"),
+    Bad("mammoth/no-backbone", lambda n: mammoth.get_backbone(Namespace(num_classes=3)), ValueError, "args must name the backbone in args.backbone"),
+    Bad("mammoth/missing", lambda n: mammoth.get_backbone(Namespace(backbone="resnet18")), ValueError, "args has no 'num_classes'"),
+    Bad("mammoth/register", lambda n: mammoth.register_into(None), TypeError, "register_backbone must be callable"),
     Bad("register/empty", lambda n: register(""), ValueError, "a backbone name must be letters, digits"),
     Bad("register/space", lambda n: register("  "), ValueError, "a backbone name must be letters, digits"),
     Bad("register/inner-space", lambda n: register("my net"), ValueError, "a backbone name must be letters, digits"),
