@@ -19,7 +19,7 @@ from .base import (
     feature_take_indices,
 )
 from .check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
-from .flat import get_grads, get_grads_list, get_params, set_grads, set_params
+from .flat import add_grads, get_grads, get_grads_list, get_params, set_grads, set_params
 from .growth import grow_classifier, mask_unseen
 from .init import xavier
 from .layout import FlatLayout, LayoutEntry, carry_vector, flat_layout
@@ -69,6 +69,7 @@ __all__ = [
     "TimmBackbone",
     "TorchvisionBackbone",
     "VisionTransformer",
+    "add_grads",
     "carry_vector",
     "check_backbone",
     "check_returnt",

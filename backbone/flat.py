@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 from torch._utils import _unflatten_dense_tensors
 
-__all__ = ["get_grads", "get_grads_list", "get_params", "set_grads", "set_params"]
+__all__ = ["add_grads", "get_grads", "get_grads_list", "get_params", "set_grads", "set_params"]
 
 
 def _parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -403,8 +403,53 @@ def set_grads(module: nn.Module, new_grads: Tensor) -> None:
         >>> layer.bias.grad
         tensor([6., 7.])
     """
+    _write_grads(module, new_grads, "new_grads", None)
+
+
+def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0) -> None:
+    """Add ``alpha * vector`` into the gradients of ``module``, in place.
+
+    It is :func:`set_grads`'s counterpart for penalties whose gradient is
+    known in closed form: an EWC, SI or L2-anchor term adds
+    ``2 * importance * (theta - anchor)`` to the gradients directly, instead
+    of building the penalty from :func:`get_params` and back-propagating
+    through an 11-million-element concatenation every step. A missing
+    ``.grad`` is created with the value ``alpha * vector`` there (as if it had
+    been zero). The checks and the all-or-nothing guarantee are
+    :func:`set_grads`'s.
+
+    Args:
+        module: the module whose gradients grow.
+        vector: a 1-D tensor with one element per parameter element, in the
+            order of :func:`get_params`.
+        alpha: the factor ``vector`` is multiplied by.
+
+    Raises:
+        TypeError: ``vector`` is not a dense tensor, its dtype cannot be cast
+            to a parameter's dtype, ``alpha`` is not a real number, or a
+            parameter or existing gradient is not dense.
+        ValueError: ``vector`` is not 1-D, has the wrong number of elements or
+            is on the meta device; or an existing gradient cannot be written.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from backbone import add_grads
+        >>> layer = nn.Linear(3, 2)
+        >>> layer(torch.ones(1, 3)).sum().backward()
+        >>> add_grads(layer, torch.arange(8.0), alpha=0.5)
+        >>> layer.bias.grad
+        tensor([4.0000, 4.5000])
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
+    _write_grads(module, vector, "vector", float(alpha))
+
+
+def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | None) -> None:
+    """Set (alpha None) or add ``alpha *`` the vector into every gradient, after checking everything."""
     params = _parameters(module)
-    source = _check_source(new_grads, params, "new_grads")
+    source = _check_source(vector, params, name)
     grads = [p.grad for p in params]
     for i, grad in enumerate(grads):
         if grad is not None and grad.layout != torch.strided:
@@ -420,15 +465,20 @@ def set_grads(module: nn.Module, new_grads: Tensor) -> None:
         # Stage every missing gradient with its final values before any
         # write, outside inference mode so that backward can use it later.
         with torch.inference_mode(False):
-            created = [
-                (p, torch.empty_like(p).copy_(piece)) for p, piece in zip(params, pieces, strict=True) if p.grad is None
-            ]
-        _copy_all(
-            [g for g in grads if g is not None],
-            [piece for piece, g in zip(pieces, grads, strict=True) if g is not None],
-        )
+            created = [(p, _fresh(p, piece, alpha)) for p, piece in zip(params, pieces, strict=True) if p.grad is None]
+        existing = [g for g in grads if g is not None]
+        sources = [piece for piece, g in zip(pieces, grads, strict=True) if g is not None]
+        if alpha is None:
+            _copy_all(existing, sources)
+        elif existing:
+            torch._foreach_add_(existing, sources, alpha=alpha)
     for p, grad in created:
         p.grad = grad
+
+
+def _fresh(p: Tensor, piece: Tensor, alpha: float | None) -> Tensor:
+    grad = torch.empty_like(p).copy_(piece)
+    return grad if alpha is None else grad.mul_(alpha)
 
 
 def get_grads_list(module: nn.Module) -> list[Tensor]:

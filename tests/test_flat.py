@@ -357,3 +357,30 @@ def test_set_grads_creates_missing_grads_in_the_parameters_memory_format() -> No
     assert grad is not None and grad.stride() == net.conv.weight.stride()
     assert grad.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(net.get_grads(), torch.arange(float(numel(net))))
+
+
+def test_add_grads_gives_an_ewc_penalty_its_gradient_without_autograd() -> None:
+    torch.manual_seed(0)
+    net = TinyNet()
+    anchor = net.get_params().detach() + torch.randn(numel(net)) * 0.1
+    importance = torch.rand(numel(net))
+    x = torch.randn(3, 4)
+    # The autograd way: the penalty built from get_params().
+    (net(x).sum() + (importance * (net.get_params() - anchor) ** 2).sum()).backward()
+    expected = net.get_grads()
+    net.zero_grad()
+    # The direct way: the penalty's gradient added into .grad.
+    net(x).sum().backward()
+    theta = net.get_params(out=torch.empty(numel(net)))
+    backbone.add_grads(net, importance * (theta - anchor), alpha=2.0)
+    torch.testing.assert_close(net.get_grads(), expected)
+
+
+def test_add_grads_creates_zero_based_gradients_and_fisher_accumulates_in_place() -> None:
+    net = TinyNet()
+    backbone.add_grads(net, torch.ones(numel(net)), alpha=3)
+    assert torch.equal(net.get_grads(), torch.full((numel(net),), 3.0))
+    fisher, buffer = torch.zeros(numel(net)), torch.empty(numel(net))
+    for _ in range(2):
+        fisher.addcmul_(net.get_grads(out=buffer), buffer)  # no allocation per step
+    assert torch.equal(fisher, torch.full((numel(net),), 18.0))

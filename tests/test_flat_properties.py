@@ -184,3 +184,16 @@ def test_a_rejected_call_changes_nothing(case: Case) -> None:
         for p, (grad, value) in zip(params, grads, strict=True):
             assert p.grad is grad
             assert grad is None or torch.equal(grad, value)
+
+
+@given(cases(), st.integers(0, 10**6), st.sampled_from([1.0, -0.5, 2]))
+def test_add_grads_adds_into_each_slice_and_creates_missing_ones(case: Case, seed: int, alpha: float) -> None:
+    objects = [p.grad for p in case.params]
+    before = [None if g is None else g.clone() for g in objects]
+    v = vector_for(case, seed)
+    backbone.add_grads(case.module, v, alpha=alpha)
+    for p, grad, old, entry in zip(case.params, objects, before, backbone.flat_layout(case.module), strict=True):
+        assert p.grad is not None and (grad is None or p.grad is grad)  # existing objects kept
+        added = v[entry.offset : entry.stop].view(p.shape).to(p.dtype)
+        expected = added * alpha if old is None else old + added * alpha
+        torch.testing.assert_close(p.grad, expected.to(p.dtype), rtol=0, atol=0)
