@@ -329,11 +329,13 @@ class _Checker:
             if torch.equal(a, b):
                 # Allowed only where no activation follows the stage: a ReLU
                 # output has no negative values, so a stage that has some is
-                # genuinely unchanged, one with none was probably not switched.
+                # genuinely unchanged. One with none but zeros and positive
+                # values was probably not switched; an all-zero stage (a zero
+                # input, say) cannot tell either way.
                 _require(
-                    bool((a < 0).any()) or not bool((a == 0).any()),
-                    f"stage {i} is unchanged and looks like a ReLU output (no negative values, some zeros); "
-                    "set_return_prerelu(True) should give it before its activation",
+                    bool((a < 0).any()) or not bool((a == 0).any()) or not bool((a > 0).any()),
+                    f"stage {i} is unchanged and looks like a ReLU output (no negative values, some zeros and "
+                    "some positive ones); set_return_prerelu(True) should give it before its activation",
                 )
             else:
                 self.close(a.relu(), b, f"stage {i}: relu of the pre-activation output and the output")
@@ -497,8 +499,9 @@ def check_backbone(
             carries all results in ``results``.
         TypeError: ``net`` is not a module, ``example_input`` not a tensor,
             or a tolerance not a float.
-        ValueError: ``example_input`` has no batch dimension, or a tolerance
-            is negative.
+        ValueError: ``example_input`` has no batch dimension, the backbone
+            refuses it (raises :class:`TypeError` or :class:`ValueError` when
+            called on it), or a tolerance is negative.
 
     Example:
         >>> import torch
@@ -532,12 +535,25 @@ def check_backbone(
     with torch.inference_mode(False), _preserved(net):
         x = example_input.clone()
         net.eval()
+        _check_fits(net, x)
         checker = _Checker(net, x, float(rtol), float(atol))
         for rule, run in _RULES:
             results.append(_run_rule(rule, run, checker))
     if not all(r.passed for r in results):
         raise ContractError(results)
     return results
+
+
+def _check_fits(net: nn.Module, x: Tensor) -> None:
+    """Raise ValueError if the backbone refuses the example input itself, before any rule blames the backbone."""
+    try:
+        with torch.no_grad():
+            net(x)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"example_input must be a batch the backbone accepts; {type(net).__name__} refused shape "
+            f"{tuple(x.shape)} ({x.dtype}): {type(error).__name__}: {error}"
+        ) from None
 
 
 def _run_rule(rule: str, run: Callable[[_Checker], None], checker: _Checker) -> RuleResult:

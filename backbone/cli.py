@@ -169,6 +169,8 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         results, status = check_backbone(net, x), 0
     except ContractError as error:
         results, status = error.results, 1
+    except (TypeError, ValueError) as error:
+        parser.error(f"{_one_line(error)} (give the shape of one sample with --input-shape)")
     try:
         _print_results(results)
         print(f"\n{_summary(results)}")

@@ -314,6 +314,11 @@ MATRIX = [
     Bad("check/net", lambda n: backbone.check_backbone("resnet18", torch.zeros(1)), TypeError, "net must be a torch.nn.Module, got"),
     Bad("check/input", lambda n: backbone.check_backbone(n, [[0.0] * 4]), TypeError, "example_input must be a torch.Tensor, got"),
     Bad("check/batch", lambda n: backbone.check_backbone(n, torch.zeros(0, 4)), ValueError, "example_input must have a non-empty batch dimension"),
+    Bad("check/unfit-input", lambda n: backbone.check_backbone(backbone.MNISTMLP(4, 2), torch.zeros(2, 3)), ValueError, "example_input must be a batch the backbone accepts"),
+    Bad("forward/features", lambda n: n(torch.zeros(2, 3)), ValueError, "whose samples flatten to 4 features", lambda: backbone.MNISTMLP(4, 2)),
+    Bad("forward/channels", lambda n: n(torch.zeros(2, 1, 8, 8)), ValueError, "expects images [B, 3, H, W]", lambda: backbone.resnet18(2, num_filters=2)),
+    Bad("forward/dtype", lambda n: n(torch.zeros(2, 4, dtype=torch.float64)), TypeError, "expects inputs of its parameters' dtype", lambda: backbone.MNISTMLP(4, 2)),
+    Bad("forward/integer", lambda n: n(torch.zeros(2, 4, dtype=torch.int64)), TypeError, "expects a floating-point input", lambda: backbone.MNISTMLP(4, 2)),
     Bad("check/rtol", lambda n: backbone.check_backbone(n, torch.zeros(1, 4), rtol=-1.0), ValueError, "must be a non-negative float, got"),
     Bad("check/atol", lambda n: backbone.check_backbone(n, torch.zeros(1, 4), atol="small"), TypeError, "must be a float, got"),
 ]

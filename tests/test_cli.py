@@ -111,7 +111,10 @@ def test_check_user_backbone_passes(user_dir: Path, capsys: pytest.CaptureFixtur
 def test_input_shape_is_the_shape_the_backbone_receives(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "user_nets:Only8x8", "--input-shape", "3,8,8", "--batch-size", "3"]) == 0
     assert "on an input of shape (3, 3, 8, 8)" in capsys.readouterr().out
-    assert main(["check", "user_nets:Only8x8"]) == 1  # the default 3,32,32 is refused by this backbone
+    with pytest.raises(SystemExit) as info:  # the default 3,32,32 is refused by this backbone: a usage error
+        main(["check", "user_nets:Only8x8"])
+    assert info.value.code == 2
+    assert "refused shape (4, 3, 32, 32)" in capsys.readouterr().err
 
 
 def test_a_skipped_rule_is_not_reported_as_holding(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

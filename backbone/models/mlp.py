@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
 from ..init import xavier
 from ..registry import register_backbone
-from ._checks import check_bool, check_positive_ints
+from ._checks import check_bool, check_input, check_positive_ints
 
 __all__ = ["MNISTMLP"]
 
@@ -106,6 +106,7 @@ class MNISTMLP(MammothBackbone):
             >>> MNISTMLP(4, 2, hidden_size=3).forward_features(torch.ones(5, 4)).shape
             torch.Size([5, 3])
         """
+        check_input(self, x, self.fc1.weight, features=self.input_size)
         return self.act2(self.fc2(self.act1(self.fc1(x.flatten(1)))))  # type: ignore[no-any-return]
 
     def forward_intermediates(
@@ -130,6 +131,7 @@ class MNISTMLP(MammothBackbone):
             (torch.Size([5, 3]), 2)
         """
         _check_output_fmt(output_fmt, ("NCHW",))
+        check_input(self, x, self.fc1.weight, features=self.input_size)
         pre: list[Tensor] = []
 
         def stage(linear: nn.Linear, act: nn.Module) -> Callable[[Tensor], Tensor]:

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from ..base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
 from ..registry import register_backbone
-from ._checks import check_bool, check_positive_ints
+from ._checks import check_bool, check_input, check_positive_ints
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "reduced_resnet18", "resnet18", "resnet34", "resnet50"]
 
@@ -260,6 +260,7 @@ class ResNet(MammothBackbone):
             >>> resnet18(10, num_filters=4).forward_features(torch.zeros(2, 3, 32, 32)).shape
             torch.Size([2, 32, 4, 4])
         """
+        check_input(self, x, self.conv1.weight, channels=self.conv1.in_channels)
         for stage in self._stages():
             x = stage(x)
         return x
@@ -286,6 +287,7 @@ class ResNet(MammothBackbone):
             (torch.Size([2, 32, 4, 4]), 5)
         """
         _check_output_fmt(output_fmt, ("NCHW",))
+        check_input(self, x, self.conv1.weight, channels=self.conv1.in_channels)
         if not self.return_prerelu:
             return _forward_stages(x, self._stages(), indices, stop_early, intermediates_only)
         stem: list[Tensor] = []

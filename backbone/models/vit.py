@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from ..base import MammothBackbone, _check_output_fmt, feature_take_indices
 from ..registry import register_backbone
-from ._checks import check_bool, check_positive_ints
+from ._checks import check_bool, check_input, check_positive_ints
 
 __all__ = [
     "VisionTransformer",
@@ -264,6 +264,8 @@ class VisionTransformer(MammothBackbone):
         self.return_prerelu = enable
 
     def _embed(self, x: Tensor) -> Tensor:
+        proj = self.patch_embed.proj
+        check_input(self, x, proj.weight, channels=proj.in_channels)
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed
