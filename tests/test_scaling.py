@@ -21,11 +21,13 @@ def small(name: str) -> tuple[backbone.MammothBackbone, tuple[int, ...]]:
         return MNISTMLP(12, 5, hidden_size=7), (4, 12)
     if name == "resnet18":
         return backbone.resnet18(5, num_filters=4), (4, 3, 16, 16)
+    if name == "resnet50":  # bottleneck blocks: the other code path of the ResNets
+        return backbone.resnet50(5, num_filters=2), (4, 3, 16, 16)
     vit = backbone.VisionTransformer(img_size=16, patch_size=4, num_classes=5, embed_dim=8, depth=2, num_heads=2)
     return vit, (4, 3, 16, 16)
 
 
-NAMES = ["mnistmlp", "resnet18", "vit"]
+NAMES = ["mnistmlp", "resnet18", "resnet50", "vit"]
 
 
 def flatten(output: object) -> list[torch.Tensor]:
