@@ -453,7 +453,7 @@ def check_backbone(
 ) -> list[RuleResult]:
     """Check ``net`` against the backbone contract, on ``example_input``.
 
-    Every rule of :data:`CONTRACT_RULES` runs, in eval mode, even after one
+    Every rule of :data:`~backbone.CONTRACT_RULES` runs, in eval mode, even after one
     fails:
 
     * each ``returnt`` value returns the documented type with batch dimension
