@@ -19,6 +19,11 @@ from .registry import get_backbone, list_backbones, registered
 
 __all__ = ["main"]
 
+_DESCRIPTION = (
+    "List the registered backbones, or check one against the backbone contract. "
+    "--import MODULE imports your own module first, so that its register_backbone calls take effect."
+)
+
 _MARKS = {"pass": "PASS", "fail": "FAIL", "skip": "SKIP"}
 
 
@@ -181,7 +186,15 @@ def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m backbone", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m backbone", description=_DESCRIPTION)
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (repeatable); the current directory is searched",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("list", help="the registered backbones, with parameter counts and output shapes")
     check = commands.add_parser("check", help="check a backbone against the contract; exit 1 if a rule fails")
@@ -233,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = _parser()
     args = parser.parse_args(argv)
+    _import_modules(args.imports, parser)
     if args.command != "list" and args.batch_size < 1:
         args.parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
     try:
@@ -242,6 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         _silence_stdout()
         return 0
     return status
+
+
+def _import_modules(names: list[str], parser: argparse.ArgumentParser) -> None:
+    """Import the user's modules, so that what they register is listed and checked."""
+    if names:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as error:
+            parser.error(f"cannot import {name!r}: {_one_line(error)}")
 
 
 def _silence_stdout() -> None:

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import warnings
 
-from sphinx.deprecation import RemovedInSphinx10Warning
+import sphinx.deprecation
 
 import backbone
 
 # sphinx-autodoc-typehints still calls an API that Sphinx 9 deprecates; the
-# notice is for its authors, not for readers of this build log.
-warnings.filterwarnings("ignore", category=RemovedInSphinx10Warning, module="sphinx_autodoc_typehints")
+# notice is for its authors, not for readers of this build log. Older Sphinx
+# releases have no such warning class, and nothing to silence.
+_deprecation = getattr(sphinx.deprecation, "RemovedInSphinx10Warning", None)
+if _deprecation is not None:
+    warnings.filterwarnings("ignore", category=_deprecation, module="sphinx_autodoc_typehints")
 
 project = "backbone"
 author = "The backbone developers"

@@ -224,3 +224,27 @@ def test_list_reports_an_entry_that_cannot_be_built(capsys: pytest.CaptureFixtur
         unregister_backbone("needs-args")
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("needs-args"))
     assert "cannot be built with its example arguments: TypeError" in line
+
+
+def test_import_makes_a_users_registrations_visible(user_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (user_dir / "my_registry.py").write_text(
+        "from backbone import register_backbone\nfrom user_nets import Good\n"
+        "register_backbone('good-net', example_kwargs={'num_classes': 3}, example_input_shape=(3, 8, 8))(Good)\n"
+    )
+    from backbone import unregister_backbone
+
+    try:
+        assert main(["--import", "my_registry", "list"]) == 0
+        assert "good-net" in capsys.readouterr().out
+        assert main(["--import", "my_registry", "check", "good-net"]) == 0
+    finally:
+        unregister_backbone("good-net")
+    with pytest.raises(SystemExit) as info:
+        main(["--import", "no_such_module_here", "list"])
+    assert info.value.code == 2 and "cannot import 'no_such_module_here'" in capsys.readouterr().err
+
+
+def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
