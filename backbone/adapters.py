@@ -21,7 +21,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .base import MammothBackbone, _check_output_fmt, feature_take_indices
+from .base import MammothBackbone, _check_num_classes, _check_output_fmt, feature_take_indices
 
 __all__ = ["TimmBackbone", "TorchvisionBackbone", "from_timm", "from_torchvision"]
 
@@ -89,13 +89,6 @@ class _Wrapper(MammothBackbone):
 
     def _set_classifier(self, module: nn.Module) -> None:
         raise TypeError(f"{type(self).__name__} changes its classifier through reset_classifier(num_classes)")
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the wrapped model's classifier by a linear one for ``num_classes`` (0 removes it).
-
-        See :meth:`MammothBackbone.reset_classifier`.
-        """
-        super().reset_classifier(num_classes)
 
 
 class TimmBackbone(_Wrapper):
@@ -208,10 +201,7 @@ class TimmBackbone(_Wrapper):
             >>> net.num_classes, net.model.fc.out_features
             (3, 3)
         """
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
+        _check_num_classes(num_classes)
         self.model.reset_classifier(num_classes)
 
     def grow_classifier(self, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None) -> None:

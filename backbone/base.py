@@ -125,6 +125,16 @@ def feature_take_indices(num_features: int, indices: int | Sequence[int] | None 
     return take, max(take)
 
 
+def _check_num_classes(num_classes: object, *, at_least: int = 0) -> None:
+    """The check every classifier change makes: an int, at least ``at_least`` (0 means no classifier)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
+    if num_classes < at_least:
+        raise ValueError(f"num_classes must be at least the current {at_least} (growing only), got {num_classes}")
+
+
 def _check_output_fmt(output_fmt: str, supported: tuple[str, ...]) -> None:
     if output_fmt not in supported:
         raise ValueError(f"output_fmt must be one of {', '.join(map(repr, supported))}, got {output_fmt!r}")
@@ -531,16 +541,13 @@ class MammothBackbone(nn.Module):
             >>> net.num_classes, net.get_classifier().out_features
             (100, 100)
         """
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-            raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
+        _check_num_classes(num_classes)
         try:
             old: nn.Module | None = self.get_classifier()
         except NotImplementedError:
             old = None
-        reference = next(old.parameters(), None) if old is not None else None
-        reference = reference if reference is not None else next(self.parameters(), None)
+        # The new head goes where the old one was, else where the backbone is.
+        reference = next(itertools.chain(old.parameters() if old is not None else (), self.parameters()), None)
         factory: dict[str, Any] = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
         if num_classes == 0:
             self.classifier = nn.Identity()

@@ -11,6 +11,8 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from .wrappers import _compiled_original
+
 __all__ = ["CONTRACT_RULES", "ContractError", "RuleResult", "check_backbone"]
 
 Status = Literal["pass", "fail", "skip"]
@@ -527,8 +529,8 @@ def check_backbone(
     # A compiled module computes what its original does (the compile tests
     # check that); checking the original avoids a recompile per returnt, mode
     # and dtype, which would exhaust dynamo's recompile limit.
-    if type(net).__name__ == "OptimizedModule":
-        net = cast(nn.Module, getattr(net, "_orig_mod", net))
+    original = _compiled_original(net)
+    net = net if original is None else original
     results = []
     # The rules need autograd: run them as normal code, even when called
     # under torch.inference_mode() or with an input made there.

@@ -535,10 +535,13 @@ def _grads_list_fused(params: list[nn.Parameter]) -> list[Tensor]:
 def _grads_list_each(params: list[nn.Parameter]) -> list[Tensor]:
     """``get_grads_list`` as one fresh tensor per parameter."""
     with torch.no_grad():
-        return [p.new_zeros(p.numel()) if p.grad is None else _owned_flat(_dense(p.grad)) for p in params]
+        return [p.new_zeros(p.numel()) if p.grad is None else _owned_flat(p.grad) for p in params]
 
 
 def _owned_flat(t: Tensor) -> Tensor:
-    # reshape(-1) of a non-contiguous tensor is sometimes a view, so it cannot
-    # be trusted to copy; contiguous() always copies a non-contiguous tensor.
+    # to_dense() of a sparse gradient is already a fresh tensor. reshape(-1)
+    # of a non-contiguous tensor is sometimes a view, so it cannot be trusted
+    # to copy; contiguous() always copies a non-contiguous tensor.
+    if t.layout != torch.strided:
+        return t.to_dense().view(-1)
     return t.view(-1).clone() if t.is_contiguous() else t.contiguous().view(-1)

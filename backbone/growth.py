@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .base import _check_num_classes
+
 __all__ = ["grow_classifier", "mask_unseen"]
 
 
@@ -75,11 +77,8 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
             f"grow_classifier needs the classifier's {computed[0]} to be a parameter, got one computed by a "
             "parametrization or hook; grow the tensors it is computed from yourself"
         )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
     old = classifier.out_features
-    if num_classes < old:
-        raise ValueError(f"num_classes must be at least the current {old} (growing only), got {num_classes}")
+    _check_num_classes(num_classes, at_least=old)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if num_classes == old:

@@ -49,15 +49,20 @@ def unwrap(module: nn.Module) -> nn.Module:
         module = inner
 
 
+def _compiled_original(module: nn.Module) -> nn.Module | None:
+    """The module ``torch.compile`` wrapped, when ``module`` is a compiled module."""
+    return cast(nn.Module, module._orig_mod) if type(module).__name__ == "OptimizedModule" else None
+
+
 def _inner(module: nn.Module) -> nn.Module | None:
     # torch.compile's OptimizedModule keeps the original as _orig_mod;
     # DataParallel, DistributedDataParallel and FSDP's wrapper class keep it
     # as .module. Other modules with a submodule named "module" are not
     # wrappers, so the class is checked by name (torch.distributed may be
     # unavailable, and importing FSDP is slow).
-    name = type(module).__name__
-    if name == "OptimizedModule":
-        return cast(nn.Module, module._orig_mod)
-    if name in ("DataParallel", "DistributedDataParallel", "FullyShardedDataParallel"):
+    original = _compiled_original(module)
+    if original is not None:
+        return original
+    if type(module).__name__ in ("DataParallel", "DistributedDataParallel", "FullyShardedDataParallel"):
         return cast(nn.Module, module.module)
     return None
