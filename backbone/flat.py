@@ -10,12 +10,30 @@ Every call either does all it promises or raises before anything is written:
 the vector, every destination and every memory overlap are checked first,
 and values are staged before the first write, so a rejected call leaves
 parameters and gradients (values and objects) exactly as they were.
+
+What the operations learn about a module (its parameter list, sizes, dtypes,
+which parameters can be written) is worked out once and kept, weakly keyed
+by the module, for as long as it holds: every call first checks that each
+visited module still holds the same parameter and submodule objects and that
+every parameter keeps its data address, element count and dtype, so
+replacing, moving, converting or growing a parameter is always seen. A module
+class that overrides ``parameters()`` (or the walk behind it) is walked on
+every call. Models whose tensors average fewer than 4,096 elements copy
+through a staging vector kept with the plan, which costs one vector of
+memory per model and one bulk copy, instead of building a view per parameter
+on every call.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import functools
-from collections.abc import Callable
+import operator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -24,10 +42,139 @@ from torch._utils import _unflatten_dense_tensors
 __all__ = ["add_grads", "get_grads", "get_grads_list", "get_params", "set_grads", "set_params"]
 
 
-def _parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The parameters of ``module``, refusing any that is not a dense tensor."""
+_grad = operator.attrgetter("grad")
+_dtype = operator.attrgetter("dtype")
+
+# Below this many elements per parameter on average, building one view per
+# parameter (about a microsecond each) costs more than copying the whole
+# vector once, so such models copy through a staging vector whose views are
+# built once per plan.
+_SMALL_AVERAGE = 4096
+
+# The methods whose standard versions make parameters() a function of the
+# modules' ``_parameters`` and ``_modules`` slots alone.
+_WALK = ("parameters", "named_parameters", "_named_members", "named_modules")
+
+
+class _Plan:
+    """What the flat operations need to know about a module's parameters, worked out once per layout.
+
+    Walking ``module.parameters()``, checking each parameter and building one
+    view per parameter cost about a microsecond a parameter: on a model of a
+    thousand small tensors, several times the copy itself. A plan keeps the
+    results, and :meth:`current` tells in a few passes of C loops whether they
+    still hold.
+    """
+
+    def __init__(self, module: nn.Module, params: list[nn.Parameter], modules: list[nn.Module]) -> None:
+        self.params = params
+        self.total = sum(p.numel() for p in params)
+        self.dtype = _result_dtype(params)
+        self.dtypes = frozenset(p.dtype for p in params)
+        kinds = {(p.dtype, p.device) for p in params}
+        self.kind = next(iter(kinds)) if len(kinds) == 1 else None
+        self.inference = next((i for i, p in enumerate(params) if p.is_inference()), None)
+        self.shared = next((i for i, p in enumerate(params) if _shares_elements(p)), None)
+        on_meta = any(p.device.type == "meta" for p in params)
+        # A tensor without elements or on meta has no address to watch.
+        unwatchable = on_meta or any(p.numel() == 0 for p in params)
+        # The slots of every module the walk visits; the root is not held, so
+        # that the cache (keyed weakly by the root) lets it be collected.
+        self._tree = [
+            (None if m is module else m, tuple(m._parameters.values()), tuple(m._modules.values())) for m in modules
+        ]
+        self.cacheable = not unwatchable and _standard_walk(module, modules)
+        self._watch = self._fingerprint() if self.cacheable else None
+        self._by_address = sorted((p.data_ptr(), i) for i, p in enumerate(params)) if not on_meta else None
+        self.small = self.cacheable and self.kind is not None and self.total < _SMALL_AVERAGE * len(params)
+        self.lock = threading.Lock()
+        self._staging: tuple[Tensor, list[Tensor]] | None = None
+
+    def current(self, module: nn.Module) -> bool:
+        """Whether the walk would find the same parameters, each where, as large and of the dtype it was.
+
+        The same objects in every visited module's parameter and submodule
+        slots make the walk the same; the same data address, element count
+        and dtype catch a parameter's data being replaced (``p.data = ...``,
+        ``.to()``, ``.double()``, a grown classifier, a view of its own
+        data).
+        """
+        same = operator.is_
+        for m, params, children in self._tree:
+            owner = module if m is None else m
+            p, c = owner._parameters.values(), owner._modules.values()
+            if len(p) != len(params) or len(c) != len(children):
+                return False
+            if not (all(map(same, p, params)) and all(map(same, c, children))):
+                return False
+        return self._fingerprint() == self._watch
+
+    def _fingerprint(self) -> tuple[list[int], list[int], list[torch.dtype]]:
+        params = self.params
+        return list(map(Tensor.data_ptr, params)), list(map(Tensor.numel, params)), list(map(_dtype, params))
+
+    def staging(self) -> tuple[Tensor, list[Tensor]]:
+        """A vector in the parameters' dtype and device, and its views shaped like each parameter.
+
+        Only small models use it; it is built on first use and kept.
+        """
+        if self._staging is None:
+            assert self.kind is not None
+            dtype, device = self.kind
+            # A normal tensor, and views made outside no_grad and inference
+            # mode, so that they can be written in any mode later.
+            with torch.inference_mode(False), torch.enable_grad():
+                vector = torch.empty(self.total, dtype=dtype, device=device)
+                self._staging = (vector, _pieces(vector, self.params))
+        return self._staging
+
+    def first_overlap(self, vector: Tensor) -> int | None:
+        """The index of the first parameter that shares memory with ``vector``, if any."""
+        if self._by_address is None:
+            return _first_overlap(vector, list(self.params))
+        if vector.numel() == 0 or vector.device.type == "meta":
+            return None
+        storage = vector.untyped_storage()
+        low, high = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+        hits = []
+        # Tensors outside the vector's storage cannot overlap it.
+        for address, i in self._by_address[bisect.bisect_left(self._by_address, (low, -1)) :]:
+            if address >= high:
+                break
+            if _overlap(vector, self.params[i]):
+                hits.append(i)
+        return min(hits, default=None)
+
+
+_PLANS: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
+
+
+def _standard_walk(module: nn.Module, modules: list[nn.Module]) -> bool:
+    root = type(module)
+    return all(getattr(root, name) is getattr(nn.Module, name) for name in _WALK) and all(
+        type(m).named_modules is nn.Module.named_modules for m in modules
+    )
+
+
+def _plan(module: object) -> _Plan:
+    """The module's plan: the cached one while it is current, a new one otherwise."""
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    try:
+        plan = _PLANS.get(module)
+    except TypeError:  # a module class that made itself unhashable
+        plan = None
+    if plan is not None and plan.current(module):
+        return plan
+    plan = _Plan(module, _parameters(module), [m for _, m in module.named_modules()])
+    if plan.cacheable:
+        with contextlib.suppress(TypeError):
+            _PLANS[module] = plan
+    return plan
+
+
+def _parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``module``, refusing any that is not a dense tensor."""
     params = list(module.parameters())
     for i, p in enumerate(params):
         if _sharded(p):
@@ -93,10 +240,15 @@ def _first_overlap(vector: Tensor, tensors: list[Tensor | None]) -> int | None:
     storage = vector.untyped_storage()
     low, high = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
     device = vector.device
+    strided = torch.strided
     for i, t in enumerate(tensors):
-        if t is None or t.layout != torch.strided or t.device != device:
-            continue
-        if low <= t.data_ptr() < high and _overlap(vector, t):
+        if (
+            t is not None
+            and t.layout == strided
+            and low <= t.data_ptr() < high
+            and t.device == device
+            and _overlap(vector, t)
+        ):
             return i
     return None
 
@@ -110,12 +262,23 @@ def _unwritable(t: Tensor) -> tuple[type[Exception], str] | None:
             "is an inference tensor (made under torch.inference_mode()) and cannot be written outside "
             "inference mode; expected a normal tensor (replace it with a clone made outside inference mode)"
         )
-    if not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1:
+    if _shares_elements(t):
         return ValueError, (
             "cannot be written element by element: several of its elements share one memory location "
             f"(strides {t.stride()}, as from expand()); expected a tensor that owns each element, such as a clone"
         )
     return None
+
+
+def _shares_elements(t: Tensor) -> bool:
+    """Whether several elements of the dense tensor ``t`` share one memory location (as after ``expand()``)."""
+    return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
+
+
+def _check_params_writable(module: nn.Module, plan: _Plan) -> None:
+    """Raise unless every parameter can be written in place here and now."""
+    for i in sorted(i for i in (plan.inference, plan.shared) if i is not None):
+        _check_writable([plan.params[i]], lambda _, i=i: f"parameter {_name(module, i)!r}")  # type: ignore[misc]
 
 
 def _check_writable(tensors: list[Tensor | None], what: Callable[[int], str]) -> None:
@@ -127,7 +290,7 @@ def _check_writable(tensors: list[Tensor | None], what: Callable[[int], str]) ->
             raise error(f"{what(i)} {reason}")
 
 
-def _check_vector(vector: object, params: list[nn.Parameter], name: str) -> Tensor:
+def _check_vector(vector: object, expected: int, name: str) -> Tensor:
     """Raise unless ``vector`` is a dense 1-D tensor with data and one element per parameter element."""
     if not isinstance(vector, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
@@ -137,34 +300,27 @@ def _check_vector(vector: object, params: list[nn.Parameter], name: str) -> Tens
         raise ValueError(f"{name} must hold data, got a tensor on the meta device")
     if vector.dim() != 1:
         raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(vector.shape)}")
-    expected = sum(p.numel() for p in params)
     if vector.numel() != expected:
         raise ValueError(f"{name} must have {expected} elements (one per parameter element), got {vector.numel()}")
     return vector
 
 
-def _check_source(vector: object, params: list[nn.Parameter], name: str) -> Tensor:
+def _check_source(vector: object, plan: _Plan, name: str) -> Tensor:
     """The setters' check: a vector of the right length whose dtype casts to every parameter's."""
-    vector = _check_vector(vector, params, name)
-    for dtype in {p.dtype for p in params}:
+    vector = _check_vector(vector, plan.total, name)
+    for dtype in plan.dtypes:
         if not torch.can_cast(vector.dtype, dtype):
             raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the parameters' {dtype}")
     return vector
 
 
-def _check_out(out: object, module: nn.Module, params: list[nn.Parameter]) -> Tensor:
+def _check_out(out: object, module: nn.Module, plan: _Plan, grads: list[Tensor | None]) -> Tensor:
     """The getters' check of ``out``: the result's exact dtype, writable, and sharing no memory with the model."""
-    out = _check_vector(out, params, "out")
-    dtype = _result_dtype(params)
-    if out.dtype != dtype:
-        raise TypeError(f"out must have the result's dtype {dtype}, got {out.dtype}")
+    out = _check_vector(out, plan.total, "out")
+    if out.dtype != plan.dtype:
+        raise TypeError(f"out must have the result's dtype {plan.dtype}, got {out.dtype}")
     _check_writable([out], lambda _: "out")
-    tensors_by_kind: list[tuple[str, list[Tensor | None]]] = [
-        ("parameter", list(params)),
-        ("gradient of parameter", [p.grad for p in params]),
-    ]
-    for kind, tensors in tensors_by_kind:
-        hit = _first_overlap(out, tensors)
+    for kind, hit in (("parameter", plan.first_overlap(out)), ("gradient of parameter", _first_overlap(out, grads))):
         if hit is not None:
             raise ValueError(
                 f"out must not share memory with the model, but it overlaps the {kind} {_name(module, hit)!r}"
@@ -199,18 +355,49 @@ def _copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
         torch._foreach_copy_(destinations, sources)
 
 
-def _write(sources: list[Tensor | None], out: Tensor, params: list[nn.Parameter]) -> Tensor:
-    """Copy each source into its slice of ``out``; a missing source writes zeros."""
-    pieces = _pieces(out, params)
+def _gather(plan: _Plan, sources: list[Tensor | None], out: Tensor | None) -> Tensor:
+    """Copy each source into its slice of ``out`` (a new vector when None); a missing source writes zeros.
+
+    Small models fill the plan's staging vector through its ready-made views
+    and copy it out whole; the others build views of ``out`` (one C++ call).
+    """
+    present = [s is not None for s in sources]
+    dense = [_dense(s) for s in sources if s is not None]
     with torch.no_grad():
-        _copy_all(
-            [piece for piece, src in zip(pieces, sources, strict=True) if src is not None],
-            [_dense(src) for src in sources if src is not None],
-        )
-        missing = [piece for piece, src in zip(pieces, sources, strict=True) if src is None]
-        if missing:
-            torch._foreach_zero_(missing)
+        if plan.small:
+            with plan.lock:
+                staging, pieces = plan.staging()
+                _fill(pieces, present, dense)
+                return staging.clone() if out is None else out.copy_(staging)
+        if out is None:
+            out = torch.empty(plan.total, dtype=plan.dtype, device=_device(plan.params))
+        _fill(_pieces(out, plan.params), present, dense)
     return out
+
+
+def _fill(pieces: list[Tensor], present: list[bool], sources: list[Tensor]) -> None:
+    """Copy ``sources`` into the pieces marked present, in order, and zero the others."""
+    if all(present):
+        _copy_all(pieces, sources)
+        return
+    _copy_all([piece for piece, here in zip(pieces, present, strict=True) if here], sources)
+    missing = [piece for piece, here in zip(pieces, present, strict=True) if not here]
+    torch._foreach_zero_(missing)
+
+
+@contextlib.contextmanager
+def _scattered(plan: _Plan, vector: Tensor) -> Iterator[list[Tensor]]:
+    """Pieces of ``vector`` shaped like each parameter, converted to its dtype and device, and safe to read
+    while any parameter or gradient is written (``vector`` may overlap them)."""
+    if plan.small:
+        with plan.lock:
+            staging, pieces = plan.staging()
+            # One bulk copy (and conversion) into memory no parameter or
+            # gradient can share, instead of building a view per parameter.
+            staging.copy_(vector)
+            yield pieces
+        return
+    yield _read(vector, plan.params)
 
 
 def _read(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
@@ -222,12 +409,6 @@ def _read(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
         # per parameter; same-dtype pieces also keep the multi-tensor fast path.
         vector = vector.to(device=devices.pop(), dtype=dtypes.pop() if len(dtypes) == 1 else None)
     return _pieces(vector, params)
-
-
-def _grads(params: list[nn.Parameter], out: Tensor | None) -> Tensor:
-    if out is None:
-        out = torch.empty(sum(p.numel() for p in params), dtype=_result_dtype(params), device=_device(params))
-    return _write([p.grad for p in params], out, params)
 
 
 def _device(params: list[nn.Parameter]) -> torch.device:
@@ -275,12 +456,13 @@ def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
         ...
         TypeError: out must have the result's dtype torch.float32, got torch.int64
     """
-    params = _parameters(module)
+    plan = _plan(module)
     if out is not None:
-        return _write(list(params), _check_out(out, module, params), params)
-    if not params:
+        out = _check_out(out, module, plan, list(map(_grad, plan.params)))
+        return _gather(plan, list(plan.params), out)
+    if not plan.params:
         return torch.empty(0)
-    return torch.cat([p.reshape(-1) for p in params])
+    return torch.cat([p.reshape(-1) for p in plan.params])
 
 
 def set_params(module: nn.Module, new_params: Tensor) -> None:
@@ -316,13 +498,13 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
         Parameter containing:
         tensor([6., 7.], requires_grad=True)
     """
-    params = _parameters(module)
-    source = _check_source(new_params, params, "new_params")
-    _check_writable(list(params), lambda i: f"parameter {_name(module, i)!r}")
-    if _first_overlap(source, list(params)) is not None:
+    plan = _plan(module)
+    source = _check_source(new_params, plan, "new_params")
+    _check_params_writable(module, plan)
+    if not plan.small and plan.first_overlap(source) is not None:
         source = source.clone()
-    with torch.no_grad():
-        _copy_all(list(params), _read(source, params))
+    with torch.no_grad(), _scattered(plan, source) as pieces:
+        _copy_all(list(plan.params), pieces)
 
 
 def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
@@ -360,8 +542,9 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
         >>> get_grads(layer)
         tensor([1., 1., 1., 1., 1., 1., 1., 1.])
     """
-    params = _parameters(module)
-    return _grads(params, None if out is None else _check_out(out, module, params))
+    plan = _plan(module)
+    grads = list(map(_grad, plan.params))
+    return _gather(plan, grads, None if out is None else _check_out(out, module, plan, grads))
 
 
 def set_grads(module: nn.Module, new_grads: Tensor) -> None:
@@ -448,9 +631,10 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0) -> None:
 
 def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | None) -> None:
     """Set (alpha None) or add ``alpha *`` the vector into every gradient, after checking everything."""
-    params = _parameters(module)
-    source = _check_source(vector, params, name)
-    grads = [p.grad for p in params]
+    plan = _plan(module)
+    params = plan.params
+    source = _check_source(vector, plan, name)
+    grads: list[Tensor | None] = list(map(_grad, params))
     for i, grad in enumerate(grads):
         if grad is not None and grad.layout != torch.strided:
             raise TypeError(
@@ -458,16 +642,20 @@ def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | No
                 f"got layout {grad.layout}; set it to None first (module.zero_grad()) to have a dense one created"
             )
     _check_writable(grads, lambda i: f"the gradient of parameter {_name(module, i)!r}")
-    if _first_overlap(source, grads) is not None:
+    if not plan.small and _first_overlap(source, grads) is not None:
         source = source.clone()
-    with torch.no_grad():
-        pieces = _read(source, params)
+    with torch.no_grad(), _scattered(plan, source) as pieces:
         # Stage every missing gradient with its final values before any
         # write, outside inference mode so that backward can use it later.
         with torch.inference_mode(False):
-            created = [(p, _fresh(p, piece, alpha)) for p, piece in zip(params, pieces, strict=True) if p.grad is None]
-        existing = [g for g in grads if g is not None]
-        sources = [piece for piece, g in zip(pieces, grads, strict=True) if g is not None]
+            created = [
+                (p, _fresh(p, piece, alpha)) for p, piece, g in zip(params, pieces, grads, strict=True) if g is None
+            ]
+        if created:
+            existing = [g for g in grads if g is not None]
+            sources = [piece for piece, g in zip(pieces, grads, strict=True) if g is not None]
+        else:
+            existing, sources = cast(list[Tensor], grads), pieces
         if alpha is None:
             _copy_all(existing, sources)
         elif existing:
@@ -511,7 +699,7 @@ def get_grads_list(module: nn.Module) -> list[Tensor]:
         >>> torch.equal(torch.cat(get_grads_list(layer)), get_grads(layer))
         True
     """
-    params = _parameters(module)
+    params = _plan(module).params
     if _fused(params):
         return _grads_list_fused(params)
     return _grads_list_each(params)
@@ -529,7 +717,11 @@ def _fused(params: list[nn.Parameter]) -> bool:
 
 def _grads_list_fused(params: list[nn.Parameter]) -> list[Tensor]:
     """``get_grads_list`` as views of one fresh vector; the parameters must share dtype and device."""
-    return list(torch.split(_grads(params, None), [p.numel() for p in params]))
+    grads = list(map(_grad, params))
+    out = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+    with torch.no_grad():
+        _fill(_pieces(out, params), [g is not None for g in grads], [_dense(g) for g in grads if g is not None])
+    return list(torch.split(out, [p.numel() for p in params]))
 
 
 def _grads_list_each(params: list[nn.Parameter]) -> list[Tensor]:
