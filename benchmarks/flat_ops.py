@@ -1,22 +1,33 @@
-"""Benchmark the flat parameter and gradient operations against the copy limit.
+"""Benchmark the flat parameter and gradient operations against the copy limit, and whole training steps.
 
 Every operation is timed next to, in the same process:
 
-* the copy limit: one ``copy_`` of a same-sized flat tensor into a
-  preallocated one (for the operations that write into existing memory), or
-  one ``clone()`` (for those that return a fresh tensor);
+* the copy limit: one ``copy_`` between two flat tensors of the same size
+  that the benchmark keeps for itself (so no operation under test warms its
+  cache), for the operations that write into existing memory; for those
+  that return a fresh tensor, an *allocating* copy (``torch.empty`` then
+  ``copy_``), which pays the same page faults as they do. The page-fault
+  cost itself is reported separately, as the allocating copy over the copy;
 * ``torch.nn.utils.parameters_to_vector`` / ``vector_to_parameters``;
 * a naive per-parameter slicing loop, as Mammoth's implementation does.
 
-Ratios are medians over the repetitions, so they compare like with like on
-a noisy machine. Run ``python benchmarks/flat_ops.py --help`` for options;
-``--device cuda`` times with CUDA events.
+Then one training step of EWC-online and of A-GEM on three models, each
+written three ways (``steps.py``), over the step without the method's flat
+work.
+
+By default torch uses one thread and, on the CPU, each call is timed with
+the thread's CPU-time clock, so other processes on a shared machine do not
+count; ``--threads N`` uses N threads and the wall clock. Ratios are of
+medians over repetitions made round-robin, so they compare like with like.
+Run ``python benchmarks/flat_ops.py --help`` for options; ``--device cuda``
+times with CUDA events.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import platform
 import random
@@ -34,7 +45,10 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 import backbone
-from backbone import resnet18, resnet50
+from backbone import reduced_resnet18, resnet18, resnet50, vit_tiny_patch4_32
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import steps
 
 
 class ManySmall(nn.Module):
@@ -48,7 +62,14 @@ class ManySmall(nn.Module):
 MODELS: dict[str, Callable[[], nn.Module]] = {
     "resnet18": lambda: resnet18(10),
     "resnet50": lambda: resnet50(10),
+    "vit-tiny": lambda: vit_tiny_patch4_32(10),
     "many-small": ManySmall,
+}
+
+STEP_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "resnet18": lambda: resnet18(10),
+    "reduced-resnet18": lambda: reduced_resnet18(10),
+    "vit-tiny": lambda: vit_tiny_patch4_32(10),
 }
 
 
@@ -82,8 +103,9 @@ class Timer:
     medians stay meaningful.
     """
 
-    def __init__(self, device: torch.device, reps: int, warmup: int) -> None:
-        self.device, self.reps, self.warmup = device, reps, warmup
+    def __init__(self, device: torch.device, reps: int, warmup: int, cpu_clock: bool = False) -> None:
+        self.device, self.reps, self.warmup, self.cpu_clock = device, reps, warmup, cpu_clock
+        self.samples: dict[str, list[float]] = {}
 
     def _once(self, fn: Callable[[], object]) -> float:
         if self.device.type == "cuda":
@@ -93,13 +115,14 @@ class Timer:
             end.record()
             end.synchronize()
             return start.elapsed_time(end) / 1e3
-        t0 = time.perf_counter()
+        clock = time.thread_time if self.cpu_clock else time.perf_counter
+        t0 = clock()
         fn()
-        return time.perf_counter() - t0
+        return clock() - t0
 
-    def __call__(self, fns: dict[str, Callable[[], object]]) -> dict[str, float]:
-        """Median seconds of one call of each function."""
-        with torch.no_grad():
+    def __call__(self, fns: dict[str, Callable[[], object]], grad: bool = False) -> dict[str, float]:
+        """Median seconds of one call of each function (under no_grad unless ``grad``)."""
+        with torch.set_grad_enabled(grad):
             for fn in fns.values():
                 for _ in range(self.warmup):
                     fn()
@@ -114,7 +137,16 @@ class Timer:
                 shuffle(order)
                 for name in order:
                     samples[name].append(self._once(fns[name]))
+        self.samples = samples
         return {name: statistics.median(times) for name, times in samples.items()}
+
+    def ratio(self, name: str, limit: str) -> float:
+        """The median, over the rounds of the last call, of ``name``'s time over ``limit``'s in the same round.
+
+        Pairing calls made moments apart cancels most of a shared machine's
+        drift, which a ratio of two medians would keep.
+        """
+        return statistics.median(a / b for a, b in zip(self.samples[name], self.samples[limit], strict=True))
 
 
 @dataclass
@@ -126,13 +158,10 @@ class Row:
     limit_us: float
     torch_us: float | None
     naive_us: float | None
-
-    @property
-    def ratio(self) -> float:
-        return self.ours_us / self.limit_us
+    ratio: float  # the median of paired ratios (Timer.ratio), not ours_us / limit_us
 
 
-def bench_model(name: str, timer: Timer) -> list[Row]:
+def bench_model(name: str, timer: Timer) -> tuple[list[Row], float]:
     torch.manual_seed(0)
     net = MODELS[name]().to(timer.device)
     params = list(net.parameters())
@@ -147,7 +176,7 @@ def bench_model(name: str, timer: Timer) -> list[Row]:
     t = timer(
         {
             "copy": lambda: dst.copy_(src),
-            "clone": lambda: src.clone(),
+            "alloc copy": lambda: torch.empty_like(src).copy_(src),
             # Like the package's functions, the baselines walk the module on
             # every call, as a method's training step does.
             "p2v": lambda: parameters_to_vector(net.parameters()),
@@ -169,18 +198,63 @@ def bench_model(name: str, timer: Timer) -> list[Row]:
     us = {key: value * 1e6 for key, value in t.items()}
     # (operation, limit, torch utility, naive loop)
     table = [
-        ("get_params()", "clone", "p2v", "naive get_params"),
+        ("get_params()", "alloc copy", "p2v", "naive get_params"),
         ("get_params(out=)", "copy", "p2v", "naive get_params"),
-        ("get_grads()", "clone", None, "naive get_grads"),
+        ("get_grads()", "alloc copy", None, "naive get_grads"),
         ("get_grads(out=)", "copy", None, "naive get_grads"),
         ("set_params", "copy", "v2p", "naive set_params"),
         ("set_grads", "copy", None, "naive set_grads"),
-        ("get_grads_list", "clone", None, "naive get_grads_list"),
+        ("get_grads_list", "alloc copy", None, "naive get_grads_list"),
     ]
-    return [
-        Row(name, op, us[op], limit, us[limit], None if util is None else us[util], us[naive])
+    rows = [
+        Row(name, op, us[op], limit, us[limit], None if util is None else us[util], us[naive], timer.ratio(op, limit))
         for op, limit, util, naive in table
     ]
+    return rows, timer.ratio("alloc copy", "copy")
+
+
+@dataclass
+class StepRow:
+    method: str
+    model: str
+    floor_ms: float
+    package_ms: float
+    mammoth_ms: float
+    torch_ms: float
+    ratios: dict[str, float]  # each way's median paired ratio to the floor
+
+    def ratio(self, way: str) -> float:
+        return self.ratios[way]
+
+
+def bench_steps(model: str, timer: Timer, batch: int) -> list[StepRow]:
+    """One training step per method and way, on one model; medians in milliseconds."""
+    torch.manual_seed(0)
+    setup = steps.make_setup(STEP_MODELS[model](), batch, timer.device)
+    fns = {
+        f"{method}/{way}": functools.partial(fn, setup)
+        for method, ways in steps.STEPS.items()
+        for way, fn in ways.items()
+    }
+    ms = {key: value * 1e3 for key, value in timer(fns, grad=True).items()}
+    ways = ("package", "mammoth", "torch")
+    return [
+        StepRow(
+            method,
+            model,
+            *(ms[f"{method}/{way}"] for way in ("floor", *ways)),
+            {way: timer.ratio(f"{method}/{way}", f"{method}/floor") for way in ways},
+        )
+        for method in steps.STEPS
+    ]
+
+
+def fisher_ratio(timer: Timer) -> float:
+    """Mammoth's Fisher accumulation over the package's, on ResNet-18 (the flat work only)."""
+    setup = steps.make_setup(resnet18(10), 2, timer.device)
+    steps.plain_step(setup)
+    timer({"package": lambda: steps.fisher_package(setup), "mammoth": lambda: steps.fisher_mammoth(setup)})
+    return timer.ratio("mammoth", "package")
 
 
 def peak_memory_ratio(name: str, device: torch.device) -> float:
@@ -205,13 +279,13 @@ def peak_memory_ratio(name: str, device: torch.device) -> float:
     return allocated / vector_bytes
 
 
-def forward_ratio(device: torch.device, timer: Timer) -> tuple[float, float]:
-    """ResNet-18, batch 32: median time of returnt='full' and of 'out'."""
+def forward_ratio(device: torch.device, timer: Timer) -> float:
+    """ResNet-18, batch 32: the time of returnt='full' over that of 'out'."""
     torch.manual_seed(0)
     net = resnet18(10).to(device).eval()
     x = torch.randn(32, 3, 32, 32, device=device)
-    t = timer({"full": lambda: net(x, returnt="full"), "out": lambda: net(x, returnt="out")})
-    return t["full"], t["out"]
+    timer({"full": lambda: net(x, returnt="full"), "out": lambda: net(x, returnt="out")})
+    return timer.ratio("full", "out")
 
 
 def import_ratio(reps: int) -> tuple[float, float]:
@@ -264,7 +338,8 @@ def machine(device: torch.device) -> str:
             line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
         ]
         cpu = names[0] if names else cpu
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {threads} torch thread{'s' * (threads != 1)}, torch {torch.__version__}"
 
 
 def fmt(us: float | None) -> str:
@@ -278,17 +353,16 @@ def table_cells(r: Row) -> list[str]:
     return [r.model, r.op, fmt(r.ours_us), r.limit, fmt(r.limit_us), f"{r.ratio:.2f}", fmt(r.torch_us), fmt(r.naive_us)]
 
 
-def print_table(rows: list[Row]) -> None:
-    cells = [TABLE_HEADER] + [table_cells(r) for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(TABLE_HEADER))]
-    for k, row in enumerate(cells):
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-        if k == 0:
-            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
-
-
 def extra_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     lines = [
+        (f"allocating copy / copy ({model}): page faults", f"{ratio:.2f}")
+        for model, ratio in result["page_fault_ratio"].items()
+    ]
+    lines += [
+        (
+            "Fisher accumulation (resnet18): Mammoth's fish += get_grads() ** 2 / get_grads(out=) + addcmul_",
+            f"{result['fisher_mammoth_over_package']:.2f}",
+        ),
         ("get_grads() extra memory / vector bytes (resnet18)", f"{result['get_grads_memory_ratio']:.3f}"),
         ("resnet18 forward, batch 32: 'full' / 'out'", f"{result['forward_full_over_out']:.3f}"),
         ("process import: backbone / torch", f"{result['import_backbone_over_torch']:.3f}"),
@@ -296,6 +370,34 @@ def extra_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     for label, count in result["cuda_kernels_many_small"].items():
         lines.append((f"CUDA kernels per call, many-small: {label}", str(count)))
     return lines
+
+
+STEP_HEADER = ["method", "model", "floor ms", "package ms", "x floor", "Mammoth ms", "x floor", "torch ms", "x floor"]
+
+
+def step_cells(r: StepRow) -> list[str]:
+    return [
+        r.method,
+        r.model,
+        f"{r.floor_ms:,.1f}",
+        f"{r.package_ms:,.1f}",
+        f"{r.ratio('package'):.3f}",
+        f"{r.mammoth_ms:,.1f}",
+        f"{r.ratio('mammoth'):.3f}",
+        f"{r.torch_ms:,.1f}",
+        f"{r.ratio('torch'):.3f}",
+    ]
+
+
+def print_cells(cells: list[list[str]], left: int) -> None:
+    """Print a table whose first ``left`` columns are text, the others numbers."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    for k, row in enumerate(cells):
+        print(
+            "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        )
+        if k == 0:
+            print("-" * (sum(widths) + 2 * (len(widths) - 1)))
 
 
 def plot(rows: list[Row], path: Path, title: str) -> None:
@@ -321,12 +423,14 @@ def plot(rows: list[Row], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def save(result: dict[str, Any], rows: list[Row], prefix: Path) -> None:
-    """Write PREFIX.json, PREFIX.csv (the table), PREFIX-extra.csv, PREFIX-machine.txt and PREFIX.png."""
+def save(result: dict[str, Any], rows: list[Row], step_rows: list[StepRow], prefix: Path) -> None:
+    """Write PREFIX.json, .csv (operations), -steps.csv, -extra.csv, -machine.txt and .png."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    Path(f"{prefix}-machine.txt").write_text(
-        f"Measured on {result['machine']}, {result['date']}; medians of {result['reps']} calls.\n"
-    )
+    Path(f"{prefix}-machine.txt").write_text(headline(result) + "\n")
+    with open(f"{prefix}-steps.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(STEP_HEADER)
+        writer.writerows(step_cells(r) for r in step_rows)
     Path(f"{prefix}.json").write_text(json.dumps(result, indent=2) + "\n")
     with open(f"{prefix}.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -339,6 +443,14 @@ def save(result: dict[str, Any], rows: list[Row], prefix: Path) -> None:
     plot(rows, Path(f"{prefix}.png"), f"Flat operations / copy limit: {result['machine']}")
 
 
+def headline(result: dict[str, Any]) -> str:
+    return (
+        f"Measured on {result['machine']} with the {result['clock']} clock, {result['date']}; operations: medians "
+        f"of {result['reps']} calls after {result['warmup']} warm-up calls; training steps: medians of "
+        f"{result['step_reps']} steps at batch {result['batch']} (3x32x32 images)."
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -346,6 +458,12 @@ def main() -> None:
         "--reps", type=int, default=40, help="timed repetitions per operation, at least 20 (default 40)"
     )
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: CPU-time clock)")
+    parser.add_argument("--step-reps", type=int, default=10, help="timed training steps per way (default 10)")
+    parser.add_argument("--batch", type=int, default=10, help="training-step batch size (default 10)")
+    parser.add_argument(
+        "--step-models", default=",".join(STEP_MODELS), help="comma-separated, from " + ", ".join(STEP_MODELS)
+    )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from " + ", ".join(MODELS))
     parser.add_argument("--import-reps", type=int, default=10, help="process starts per import timing (default 10)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
@@ -355,38 +473,60 @@ def main() -> None:
     args = parser.parse_args()
     if args.reps < 20:
         parser.error(f"--reps must be at least 20, got {args.reps}")
-    unknown = set(args.models.split(",")) - set(MODELS)
-    if unknown:
-        parser.error(f"unknown models {sorted(unknown)}; choose from {', '.join(MODELS)}")
+    if args.threads < 1 or args.step_reps < 3 or args.batch < 1:
+        parser.error("--threads, --batch must be at least 1 and --step-reps at least 3")
+    for option, given, known in (("--models", args.models, MODELS), ("--step-models", args.step_models, STEP_MODELS)):
+        unknown = set(filter(None, given.split(","))) - set(known)
+        if unknown:
+            parser.error(f"unknown {option} {sorted(unknown)}; choose from {', '.join(known)}")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda asked for, but torch.cuda.is_available() is False")
-    timer = Timer(device, args.reps, args.warmup)
+    torch.set_num_threads(args.threads)
+    cpu_clock = device.type == "cpu" and args.threads == 1
+    timer = Timer(device, args.reps, args.warmup, cpu_clock)
 
-    rows = [row for name in args.models.split(",") for row in bench_model(name, timer)]
-    full, out = forward_ratio(device, timer)
+    rows: list[Row] = []
+    page_faults = {}
+    for name in filter(None, args.models.split(",")):
+        model_rows, page_faults[name] = bench_model(name, timer)
+        rows += model_rows
+    step_timer = Timer(device, args.step_reps, 1, cpu_clock)
+    step_rows = [
+        row for name in filter(None, args.step_models.split(",")) for row in bench_steps(name, step_timer, args.batch)
+    ]
+    full_over_out = forward_ratio(device, timer)
     imp_backbone, imp_torch = import_ratio(args.import_reps)
     result = {
         "machine": machine(device),
         "date": time.strftime("%Y-%m-%d"),
         "device": str(device),
+        "clock": "CUDA-event" if device.type == "cuda" else ("thread CPU-time" if cpu_clock else "wall"),
         "reps": args.reps,
-        "rows": [{**asdict(r), "ratio": r.ratio} for r in rows],
+        "warmup": args.warmup,
+        "step_reps": args.step_reps,
+        "batch": args.batch,
+        "rows": [asdict(r) for r in rows],
+        "steps": [asdict(r) for r in step_rows],
+        "page_fault_ratio": page_faults,
+        "fisher_mammoth_over_package": fisher_ratio(timer),
         "get_grads_memory_ratio": peak_memory_ratio("resnet18", device),
-        "forward_full_over_out": full / out,
+        "forward_full_over_out": full_over_out,
         "import_backbone_over_torch": imp_backbone / imp_torch,
         "cuda_kernels_many_small": kernel_counts(device) if device.type == "cuda" else {},
     }
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"machine: {result['machine']}; medians of {args.reps} calls after {args.warmup} warm-up calls\n")
-        print_table(rows)
+        print(headline(result) + "\n")
+        print_cells([TABLE_HEADER] + [table_cells(r) for r in rows], 2)
+        print()
+        print_cells([STEP_HEADER] + [step_cells(r) for r in step_rows], 2)
         print()
         for label, value in extra_lines(result):
             print(f"{label}: {value}")
     if args.save:
-        save(result, rows, args.save)
+        save(result, rows, step_rows, args.save)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import flat_ops
+import steps
 
 import backbone
 
@@ -37,3 +40,50 @@ def test_timer_reports_a_median_per_function() -> None:
     medians = timer({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")})
     assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
     assert calls.count("a") == calls.count("b") == 4
+
+
+def small_setup() -> steps.Setup:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6), torch.nn.ReLU(), torch.nn.Linear(6, 10))
+    return steps.make_setup(net, 4, torch.device("cpu"), image=(3, 2, 2))
+
+
+def updated(step: Callable[[steps.Setup], None]) -> torch.Tensor:
+    setup = small_setup()
+    for _ in range(2):  # the second step uses the buffers kept from the first
+        step(setup)
+    return backbone.get_params(setup.net).detach()
+
+
+@pytest.mark.parametrize("method", list(steps.STEPS))
+def test_the_three_ways_of_a_method_make_the_same_update(method: str) -> None:
+    ways = steps.STEPS[method]
+    expected = updated(ways["mammoth"])
+    assert not torch.allclose(expected, updated(ways["floor"]))  # the method changes the update
+    for way in ("package", "torch"):
+        torch.testing.assert_close(updated(ways[way]), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_agem_projects_only_on_disagreement_when_asked() -> None:
+    for way in (steps.agem_package, steps.agem_mammoth, steps.agem_torch):
+        setup = small_setup()
+        setup.replay_x, setup.replay_y = setup.x, setup.y  # the same batch: the gradients agree
+        way(setup, always=False)
+        floor = small_setup()
+        floor.replay_x, floor.replay_y = floor.x, floor.y
+        steps.agem_floor(floor)
+        assert torch.equal(backbone.get_params(setup.net), backbone.get_params(floor.net))
+
+
+def test_the_two_fisher_accumulations_agree() -> None:
+    a, b = small_setup(), small_setup()
+    for setup, accumulate in ((a, steps.fisher_package), (b, steps.fisher_mammoth)):
+        steps.plain_step(setup)
+        accumulate(setup)
+    torch.testing.assert_close(a.fisher, b.fisher)
+
+
+def test_ratios_pair_the_calls_of_each_round() -> None:
+    timer = flat_ops.Timer(torch.device("cpu"), reps=3, warmup=0)
+    timer.samples = {"op": [2.0, 30.0, 4.0], "limit": [1.0, 10.0, 4.0]}
+    assert timer.ratio("op", "limit") == 2.0  # the ratio of medians would be 4 / 4 = 1
