@@ -285,12 +285,9 @@ class MammothBackbone(nn.Module):
     feature_dim: int
     feature_info: list[dict[str, Any]]
 
-    def __init__(self, **kwargs: Any) -> None:
-        unknown = sorted(set(kwargs) - {"device"})
-        if unknown:
-            raise TypeError(f"MammothBackbone accepts only the keyword argument 'device'; got {unknown}")
+    def __init__(self, *, device: torch.device | str | int = "cpu") -> None:
         super().__init__()
-        self._device_hint = _as_device(kwargs.get("device", "cpu"))
+        self._device_hint = _as_device(device)
         self.register_load_state_dict_pre_hook(_strip_compile_prefix)  # type: ignore[no-untyped-call]
 
     @property

@@ -360,7 +360,8 @@ def extra_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     lines += [
         (
-            "Fisher accumulation (resnet18): Mammoth's fish += get_grads() ** 2 / get_grads(out=) + addcmul_",
+            "Fisher accumulation (resnet18): Mammoth's fish += get_grads() squared, "
+            "over a kept buffer and in-place addcmul",
             f"{result['fisher_mammoth_over_package']:.2f}",
         ),
         ("get_grads() extra memory / vector bytes (resnet18)", f"{result['get_grads_memory_ratio']:.3f}"),

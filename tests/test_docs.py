@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import csv
 import re
 from pathlib import Path
 
@@ -42,3 +43,25 @@ def test_every_public_name_is_in_the_api_reference() -> None:
     api = (ROOT / "docs" / "api.rst").read_text()
     missing = [name for name in backbone.__all__ if f"backbone.{name}\n" not in api]
     assert not missing
+
+
+def _figures(text: str) -> set[str]:
+    """The decimal figures (1.09, 0.910) and grouped integers (4,553) quoted in a text."""
+    return set(re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])|(?<![\w,])\d{1,3}(?:,\d{3})+(?![\w,])", text))
+
+
+def test_performance_figures_come_from_the_committed_benchmark_run() -> None:
+    """Every figure the Performance page and the README quote is a cell of the run's tables."""
+    cells = {
+        cell.strip()
+        for path in (ROOT / "docs" / "_static").glob("perf-cpu*.csv")
+        for row in csv.reader(path.read_text().splitlines())
+        for cell in row
+    }
+    page = (ROOT / "docs" / "performance.rst").read_text()
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Performance") : readme.index("## Development")]
+    # The targets and the model sizes are stated, not measured.
+    quoted = (_figures(page) | _figures(section)) - {"1.10", "1.1", "4,096", "1,000"}
+    assert quoted, "no figures found: the check would pass vacuously"
+    assert quoted <= cells, f"figures quoted but not in docs/_static/perf-cpu*.csv: {sorted(quoted - cells)}"
