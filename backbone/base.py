@@ -244,13 +244,13 @@ class MammothBackbone(nn.Module):
     attribute always reports where the parameters are.
 
     Args:
-        **kwargs: only ``device`` is accepted, for compatibility with Mammoth;
-            it is what :attr:`device` reports while the backbone has no
-            parameters or buffers.
+        device: where the backbone will live, as Mammoth's backbones take it
+            (keyword only, and the only argument); it is what :attr:`device`
+            reports while the backbone has no parameters or buffers.
 
     Raises:
-        TypeError: an unknown keyword argument is given, or ``device`` is
-            not a device, a str or an int.
+        TypeError: any other argument is given (Python's own message), or
+            ``device`` is not a device, a str or an int.
         ValueError: ``device`` does not name a device.
 
     Example:

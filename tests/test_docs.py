@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import csv
 import re
+import sys
 from pathlib import Path
 
 import backbone
@@ -65,3 +66,37 @@ def test_performance_figures_come_from_the_committed_benchmark_run() -> None:
     quoted = (_figures(page) | _figures(section)) - {"1.10", "1.1", "4,096", "1,000"}
     assert quoted, "no figures found: the check would pass vacuously"
     assert quoted <= cells, f"figures quoted but not in docs/_static/perf-cpu*.csv: {sorted(quoted - cells)}"
+
+
+def test_py311_runs_every_cpu_check() -> None:
+    """The default run installs one CPU torch: py311 runs what doctest, docs and lint run alone."""
+    config = tox()
+    commands = config["testenv:py311"]["commands"]
+    for part in ("doctest", "docs", "lint"):
+        assert f"{{[testenv:{part}]commands}}" in commands
+    envs = [e.strip() for e in config["tox"]["env_list"].split(",")]
+    assert not {"doctest", "docs", "lint"} & set(envs)
+
+
+def test_offline_inventories_link_torch_and_python_names(tmp_path: Path) -> None:
+    """The docs link torch.Tensor and friends from inventories written locally, never downloaded."""
+    from sphinx.util.inventory import InventoryFile
+
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import offline_inventories
+    finally:
+        sys.path.pop(0)
+    mapping = offline_inventories.intersphinx_mapping(tmp_path)
+    expected = {
+        "torch": ("py:class", "torch.Tensor", "https://docs.pytorch.org/docs/stable/tensors.html#torch.Tensor"),
+        "python": ("py:exception", "TypeError", "https://docs.python.org/3/library/exceptions.html#TypeError"),
+    }
+    for project, (url, location) in mapping.items():
+        assert Path(location).parent == tmp_path  # a local file: intersphinx reads it, fetches nothing
+        with open(location, "rb") as f:
+            inventory = InventoryFile.load(f, url, lambda base, page: base + page)
+        role, name, link = expected[project]
+        item = inventory[role][name]
+        uri = item.uri if hasattr(item, "uri") else item[2]  # Sphinx 9 has .uri; older ones a tuple
+        assert uri == link
