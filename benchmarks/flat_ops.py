@@ -302,6 +302,30 @@ def import_ratio(reps: int) -> tuple[float, float]:
     return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
+def per_tensor_floor(timer: Timer) -> dict[str, float]:
+    """On the many-small model, torch's own multi-tensor copies from ready-made views, over the flat copy.
+
+    No Python runs per tensor here: what remains is the cost of copying a
+    thousand separate tensors, the floor of any implementation that leaves
+    the parameters in their own memory.
+    """
+    net = ManySmall().to(timer.device)
+    params = [p.detach() for p in net.parameters()]
+    n = sum(p.numel() for p in params)
+    src, dst, out = (torch.randn(n, device=timer.device) for _ in range(3))
+    pieces = list(out.split([p.numel() for p in params]))
+    flat_params = [p.view(-1) for p in params]
+    timer(
+        {
+            "copy": lambda: dst.copy_(src),
+            "gather": lambda: torch._foreach_copy_(pieces, params),
+            "scatter": lambda: torch._foreach_copy_(params, pieces),
+            "cat": lambda: torch.cat(flat_params, out=out),
+        }
+    )
+    return {op: timer.ratio(op, "copy") for op in ("gather", "scatter", "cat")}
+
+
 def kernel_counts(device: torch.device) -> dict[str, int]:
     """CUDA kernels launched by one call of each operation on the many-small model."""
     net = ManySmall().to(device)
@@ -357,6 +381,12 @@ def extra_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
     lines = [
         (f"allocating copy / copy ({model}): page faults", f"{ratio:.2f}")
         for model, ratio in result["page_fault_ratio"].items()
+    ]
+    floor = result["per_tensor_floor"]
+    lines += [
+        ("many-small floor: _foreach_copy_ into views of a vector, no Python / copy", f"{floor['gather']:.2f}"),
+        ("many-small floor: _foreach_copy_ from views of a vector, no Python / copy", f"{floor['scatter']:.2f}"),
+        ("many-small floor: torch.cat(out=) of flat views, no Python / copy", f"{floor['cat']:.2f}"),
     ]
     lines += [
         (
@@ -510,6 +540,7 @@ def main() -> None:
         "rows": [asdict(r) for r in rows],
         "steps": [asdict(r) for r in step_rows],
         "page_fault_ratio": page_faults,
+        "per_tensor_floor": per_tensor_floor(timer),
         "fisher_mammoth_over_package": fisher_ratio(timer),
         "get_grads_memory_ratio": peak_memory_ratio("resnet18", device),
         "forward_full_over_out": full_over_out,

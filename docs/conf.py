@@ -64,6 +64,8 @@ exclude_patterns = ["_build"]
 autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": True}
 autodoc_typehints = "description"
+# Document a return type only where the function returns something.
+autodoc_typehints_description_target = "documented_params"
 typehints_use_rtype = False
 typehints_document_rtype_none = False
 napoleon_google_docstring = True
