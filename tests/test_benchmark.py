@@ -87,4 +87,3 @@ def test_ratios_pair_the_calls_of_each_round() -> None:
     timer = flat_ops.Timer(torch.device("cpu"), reps=3, warmup=0)
     timer.samples = {"op": [2.0, 30.0, 4.0], "limit": [1.0, 10.0, 4.0]}
     assert timer.ratio("op", "limit") == 2.0  # the ratio of medians would be 4 / 4 = 1
-
