@@ -383,9 +383,10 @@ def extra_lines(result: dict[str, Any]) -> list[tuple[str, str]]:
         for model, ratio in result["page_fault_ratio"].items()
     ]
     floor = result["per_tensor_floor"]
+    multi = "many-small floor: torch's multi-tensor copy {} views of a vector, no Python / copy"
     lines += [
-        ("many-small floor: _foreach_copy_ into views of a vector, no Python / copy", f"{floor['gather']:.2f}"),
-        ("many-small floor: _foreach_copy_ from views of a vector, no Python / copy", f"{floor['scatter']:.2f}"),
+        (multi.format("into"), f"{floor['gather']:.2f}"),
+        (multi.format("from"), f"{floor['scatter']:.2f}"),
         ("many-small floor: torch.cat(out=) of flat views, no Python / copy", f"{floor['cat']:.2f}"),
     ]
     lines += [
