@@ -73,19 +73,23 @@ class _Plan:
         self.dtypes = frozenset(p.dtype for p in params)
         kinds = {(p.dtype, p.device) for p in params}
         self.kind = next(iter(kinds)) if len(kinds) == 1 else None
+        devices = {device for _, device in kinds}
+        self.device = next(iter(devices)) if len(devices) == 1 else None
         self.inference = next((i for i, p in enumerate(params) if p.is_inference()), None)
         self.shared = next((i for i, p in enumerate(params) if _shares_elements(p)), None)
-        on_meta = any(p.device.type == "meta" for p in params)
         # A tensor without elements or on meta has no address to watch.
-        unwatchable = on_meta or any(p.numel() == 0 for p in params)
+        unwatchable = any(p.device.type == "meta" or p.numel() == 0 for p in params)
+        self.cacheable = not unwatchable and _standard_walk(module, modules)
+        # What only a kept plan needs, left out of one built for a single call.
         # The slots of every module the walk visits; the root is not held, so
         # that the cache (keyed weakly by the root) lets it be collected.
-        self._tree = [
-            (None if m is module else m, tuple(m._parameters.values()), tuple(m._modules.values())) for m in modules
-        ]
-        self.cacheable = not unwatchable and _standard_walk(module, modules)
+        self._tree = (
+            [(None if m is module else m, tuple(m._parameters.values()), tuple(m._modules.values())) for m in modules]
+            if self.cacheable
+            else []
+        )
         self._watch = self._fingerprint() if self.cacheable else None
-        self._by_address = sorted((p.data_ptr(), i) for i, p in enumerate(params)) if not on_meta else None
+        self._by_address = sorted((p.data_ptr(), i) for i, p in enumerate(params)) if self.cacheable else None
         self.small = self.cacheable and self.kind is not None and self.total < _SMALL_AVERAGE * len(params)
         self.lock = threading.Lock()
         self._staging: tuple[Tensor, list[Tensor]] | None = None
@@ -397,18 +401,16 @@ def _scattered(plan: _Plan, vector: Tensor) -> Iterator[list[Tensor]]:
             staging.copy_(vector)
             yield pieces
         return
-    yield _read(vector, plan.params)
+    yield _read(vector, plan)
 
 
-def _read(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
+def _read(vector: Tensor, plan: _Plan) -> list[Tensor]:
     """Pieces of ``vector`` shaped like each parameter, converted once where they agree."""
-    devices = {p.device for p in params}
-    dtypes = {p.dtype for p in params}
-    if len(devices) == 1:
+    if plan.device is not None:
         # One transfer (and conversion) for the whole vector rather than one
         # per parameter; same-dtype pieces also keep the multi-tensor fast path.
-        vector = vector.to(device=devices.pop(), dtype=dtypes.pop() if len(dtypes) == 1 else None)
-    return _pieces(vector, params)
+        vector = vector.to(device=plan.device, dtype=plan.kind[0] if plan.kind else None)
+    return _pieces(vector, plan.params)
 
 
 def _device(params: list[nn.Parameter]) -> torch.device:
