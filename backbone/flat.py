@@ -1,260 +1,91 @@
 """Flat vectors of a module's parameters and gradients.
 
-Every function here walks ``module.parameters()`` in its usual order (each
-tied parameter once, frozen ones included) and treats the parameters as one
-1-D vector, each parameter flattened in row-major order. They work on any
+Every function here walks the module's parameters with
+:func:`backbone.layout.walk` (``module.named_parameters()``: depth first,
+each tied parameter once, frozen ones included) and treats them as one 1-D
+vector, each parameter flattened in row-major order: the layout that
+:func:`~backbone.flat_layout` describes. They work on any
 :class:`torch.nn.Module`; :class:`~backbone.MammothBackbone` exposes them as
 methods.
 
-Every call either does all it promises or raises before anything is written:
-the vector, every destination and every memory overlap are checked first,
-and values are staged before the first write, so a rejected call leaves
-parameters and gradients (values and objects) exactly as they were.
+The one invariant: every call's result equals the plain definition, worked
+out from the module as it is at that call,
 
-What the operations learn about a module (its parameter list, sizes, dtypes,
-which parameters can be written) is worked out once and kept, weakly keyed
-by the module, for as long as it holds: every call first checks that each
-visited module still holds the same parameter and submodule objects and that
-every parameter keeps its data address, element count and dtype, so
-replacing, moving, converting or growing a parameter is always seen. A module
-class that overrides ``parameters()`` (or the walk behind it) is walked on
-every call. Models whose tensors average fewer than 4,096 elements copy
-through a staging vector kept with the plan, which costs one vector of
-memory per model and one bulk copy, instead of building a view per parameter
-on every call.
+* ``get_params``: ``torch.cat([p.reshape(-1) for p in params])``;
+* ``get_grads``: the same over ``p.grad``, with zeros where it is ``None``;
+* ``set_params``, ``set_grads``: ``p.copy_(slice)`` (``p.grad.copy_(slice)``)
+  for each parameter in turn, from a vector that shares no memory with them;
+  ``add_grads``: ``p.grad.add_(slice, alpha=alpha)``, a missing gradient
+  counting as zeros;
+
+or the call raises :class:`TypeError` or :class:`ValueError` and leaves
+parameters, gradients (values and objects) and buffers exactly as they were.
+
+Nothing is remembered between calls: each call walks the module, checks the
+vector, every destination and every memory overlap, and only then copies.
+The module keeps no trace of a call, so a model is freed as soon as it is
+unreachable, and a change to it between calls (a parameter replaced,
+reshaped, moved, converted, made read-only) is always seen.
+
+The module reads in layers: the checks, the memory overlaps, the copies,
+then the public functions.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
 import functools
 import operator
-import threading
-import weakref
-from collections.abc import Callable, Iterator
-from typing import cast
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch._utils import _unflatten_dense_tensors
+
+from .layout import walk
 
 __all__ = ["add_grads", "get_grads", "get_grads_list", "get_params", "set_grads", "set_params"]
 
 
 _grad = operator.attrgetter("grad")
 _dtype = operator.attrgetter("dtype")
-
-# Below this many elements per parameter on average, building one view per
-# parameter (about a microsecond each) costs more than copying the whole
-# vector once, so such models copy through a staging vector whose views are
-# built once per plan.
-_SMALL_AVERAGE = 4096
-
-# The methods whose standard versions make parameters() a function of the
-# modules' ``_parameters`` and ``_modules`` slots alone.
-_WALK = ("parameters", "named_parameters", "_named_members", "named_modules")
+_device_of = operator.attrgetter("device")
 
 
-class _Plan:
-    """What the flat operations need to know about a module's parameters, worked out once per layout.
-
-    Walking ``module.parameters()``, checking each parameter and building one
-    view per parameter cost about a microsecond a parameter: on a model of a
-    thousand small tensors, several times the copy itself. A plan keeps the
-    results, and :meth:`current` tells in a few passes of C loops whether they
-    still hold.
-    """
-
-    def __init__(self, module: nn.Module, params: list[nn.Parameter], modules: list[nn.Module]) -> None:
-        self.params = params
-        self.total = sum(p.numel() for p in params)
-        self.dtype = _result_dtype(params)
-        self.dtypes = frozenset(p.dtype for p in params)
-        kinds = {(p.dtype, p.device) for p in params}
-        self.kind = next(iter(kinds)) if len(kinds) == 1 else None
-        devices = {device for _, device in kinds}
-        self.device = next(iter(devices)) if len(devices) == 1 else None
-        self.inference = next((i for i, p in enumerate(params) if p.is_inference()), None)
-        self.shared = next((i for i, p in enumerate(params) if _shares_elements(p)), None)
-        # A tensor without elements or on meta has no address to watch.
-        unwatchable = any(p.device.type == "meta" or p.numel() == 0 for p in params)
-        self.cacheable = not unwatchable and _standard_walk(module, modules)
-        # What only a kept plan needs, left out of one built for a single call.
-        # The slots of every module the walk visits; the root is not held, so
-        # that the cache (keyed weakly by the root) lets it be collected.
-        self._tree = (
-            [(None if m is module else m, tuple(m._parameters.values()), tuple(m._modules.values())) for m in modules]
-            if self.cacheable
-            else []
-        )
-        self._watch = self._fingerprint() if self.cacheable else None
-        self._by_address = sorted((p.data_ptr(), i) for i, p in enumerate(params)) if self.cacheable else None
-        self.small = self.cacheable and self.kind is not None and self.total < _SMALL_AVERAGE * len(params)
-        self.lock = threading.Lock()
-        self._staging: tuple[Tensor, list[Tensor]] | None = None
-
-    def current(self, module: nn.Module) -> bool:
-        """Whether the walk would find the same parameters, each where, as large and of the dtype it was.
-
-        The same objects in every visited module's parameter and submodule
-        slots make the walk the same; the same data address, element count
-        and dtype catch a parameter's data being replaced (``p.data = ...``,
-        ``.to()``, ``.double()``, a grown classifier, a view of its own
-        data).
-        """
-        same = operator.is_
-        for m, params, children in self._tree:
-            owner = module if m is None else m
-            p, c = owner._parameters.values(), owner._modules.values()
-            if len(p) != len(params) or len(c) != len(children):
-                return False
-            if not (all(map(same, p, params)) and all(map(same, c, children))):
-                return False
-        return self._fingerprint() == self._watch
-
-    def _fingerprint(self) -> tuple[list[int], list[int], list[torch.dtype]]:
-        params = self.params
-        return list(map(Tensor.data_ptr, params)), list(map(Tensor.numel, params)), list(map(_dtype, params))
-
-    def staging(self) -> tuple[Tensor, list[Tensor]]:
-        """A vector in the parameters' dtype and device, and its views shaped like each parameter.
-
-        Only small models use it; it is built on first use and kept.
-        """
-        if self._staging is None:
-            assert self.kind is not None
-            dtype, device = self.kind
-            # A normal tensor, and views made outside no_grad and inference
-            # mode, so that they can be written in any mode later.
-            with torch.inference_mode(False), torch.enable_grad():
-                vector = torch.empty(self.total, dtype=dtype, device=device)
-                self._staging = (vector, _pieces(vector, self.params))
-        return self._staging
-
-    def first_overlap(self, vector: Tensor) -> int | None:
-        """The index of the first parameter that shares memory with ``vector``, if any."""
-        if self._by_address is None:
-            return _first_overlap(vector, list(self.params))
-        if vector.numel() == 0 or vector.device.type == "meta":
-            return None
-        storage = vector.untyped_storage()
-        low, high = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-        hits = []
-        # Tensors outside the vector's storage cannot overlap it.
-        for address, i in self._by_address[bisect.bisect_left(self._by_address, (low, -1)) :]:
-            if address >= high:
-                break
-            if _overlap(vector, self.params[i]):
-                hits.append(i)
-        return min(hits, default=None)
-
-
-_PLANS: weakref.WeakKeyDictionary[nn.Module, _Plan] = weakref.WeakKeyDictionary()
-
-
-def _standard_walk(module: nn.Module, modules: list[nn.Module]) -> bool:
-    root = type(module)
-    return all(getattr(root, name) is getattr(nn.Module, name) for name in _WALK) and all(
-        type(m).named_modules is nn.Module.named_modules for m in modules
-    )
-
-
-def _plan(module: object) -> _Plan:
-    """The module's plan: the cached one while it is current, a new one otherwise."""
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    try:
-        plan = _PLANS.get(module)
-    except TypeError:  # a module class that made itself unhashable
-        plan = None
-    if plan is not None and plan.current(module):
-        return plan
-    plan = _Plan(module, _parameters(module), [m for _, m in module.named_modules()])
-    if plan.cacheable:
-        with contextlib.suppress(TypeError):
-            _PLANS[module] = plan
-    return plan
-
-
-def _parameters(module: nn.Module) -> list[nn.Parameter]:
-    """The parameters of ``module``, refusing any that is not a dense tensor."""
-    params = list(module.parameters())
-    for i, p in enumerate(params):
-        if _sharded(p):
-            raise TypeError(
-                f"parameter {_name(module, i)!r} is sharded by FSDP ({type(p).__name__}), so each rank holds only part "
-                "of it; flat vectors of a sharded model are not supported: use DistributedDataParallel, or gather the "
-                "full parameters first"
-            )
-        if p.layout != torch.strided:
-            raise TypeError(
-                f"parameter {_name(module, i)!r} must be a dense (strided) tensor, got layout {p.layout}; "
-                "flat vectors cover dense parameters only"
-            )
-    return params
-
-
-def _sharded(p: Tensor) -> bool:
-    # FSDP's fully_shard makes parameters DTensors; the older
-    # FullyShardedDataParallel flattens them into FlatParameters.
-    return type(p).__name__ == "DTensor" or bool(getattr(p, "_is_flat_param", False))
-
-
-def _name(module: nn.Module, index: int) -> str:
-    """The qualified name of the ``index``-th parameter, for error messages only."""
-    for i, (name, _) in enumerate(module.named_parameters()):
-        if i == index:
-            return name
-    return f"#{index}"
+# --- checks ------------------------------------------------------------------
 
 
 def _result_dtype(params: list[nn.Parameter]) -> torch.dtype:
+    """The dtype ``torch.cat`` of the parameters would have."""
     if not params:
         return torch.get_default_dtype()
-    return functools.reduce(torch.promote_types, (p.dtype for p in params))
+    dtype: torch.dtype = functools.reduce(torch.promote_types, set(map(_dtype, params)))
+    return dtype
 
 
-def _span(t: Tensor) -> tuple[int, int]:
-    """The bytes ``[start, end)`` that ``t`` can read or write."""
-    start = t.data_ptr()
-    if t.numel() == 0:
-        return start, start
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
-    return start, start + extent * t.element_size()
+def _result_device(params: list[nn.Parameter]) -> torch.device:
+    """Where a new flat vector goes: the first parameter's device."""
+    return params[0].device if params else torch.device("cpu")
 
 
-def _overlap(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` may touch the same memory (by byte ranges, so conservative for interleaved views)."""
-    if a.device != b.device or a.numel() == 0 or b.numel() == 0 or a.device.type == "meta":
-        return False
-    a0, a1 = _span(a)
-    b0, b1 = _span(b)
-    return a0 < b1 and b0 < a1
+def _check_vector(vector: object, expected: int, name: str) -> Tensor:
+    """Raise unless ``vector`` is a dense 1-D tensor with data and one element per parameter element."""
+    if not isinstance(vector, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
+    if vector.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {vector.layout}")
+    if vector.device.type == "meta":
+        raise ValueError(f"{name} must hold data, got a tensor on the meta device")
+    if vector.dim() != 1:
+        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(vector.shape)}")
+    if vector.numel() != expected:
+        raise ValueError(f"{name} must have {expected} elements (one per parameter element), got {vector.numel()}")
+    return vector
 
 
-def _first_overlap(vector: Tensor, tensors: list[Tensor | None]) -> int | None:
-    """The index of the first tensor that shares memory with ``vector``, if any.
-
-    Tensors in other storages cannot overlap ``vector``; a data pointer
-    comparison against its storage rules most of them out cheaply.
-    """
-    if vector.numel() == 0 or vector.device.type == "meta":
-        return None
-    storage = vector.untyped_storage()
-    low, high = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
-    device = vector.device
-    strided = torch.strided
-    for i, t in enumerate(tensors):
-        if (
-            t is not None
-            and t.layout == strided
-            and low <= t.data_ptr() < high
-            and t.device == device
-            and _overlap(vector, t)
-        ):
-            return i
-    return None
+def _check_castable(vector: Tensor, dtypes: set[torch.dtype], name: str, what: str) -> None:
+    for dtype in dtypes:
+        if not torch.can_cast(vector.dtype, dtype):
+            raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the {what}' {dtype}")
 
 
 def _unwritable(t: Tensor) -> tuple[type[Exception], str] | None:
@@ -279,14 +110,11 @@ def _shares_elements(t: Tensor) -> bool:
     return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
 
 
-def _check_params_writable(module: nn.Module, plan: _Plan) -> None:
-    """Raise unless every parameter can be written in place here and now."""
-    for i in sorted(i for i in (plan.inference, plan.shared) if i is not None):
-        _check_writable([plan.params[i]], lambda _, i=i: f"parameter {_name(module, i)!r}")  # type: ignore[misc]
-
-
 def _check_writable(tensors: list[Tensor | None], what: Callable[[int], str]) -> None:
     """Raise, naming the tensor with ``what(index)``, unless every tensor can be written in place."""
+    inference = not torch.is_inference_mode_enabled() and any(t is not None and t.is_inference() for t in tensors)
+    if not inference and all(t is None or t.is_contiguous() for t in tensors):
+        return  # the common case, in a few C loops
     for i, t in enumerate(tensors):
         problem = None if t is None else _unwritable(t)
         if problem is not None:
@@ -294,42 +122,97 @@ def _check_writable(tensors: list[Tensor | None], what: Callable[[int], str]) ->
             raise error(f"{what(i)} {reason}")
 
 
-def _check_vector(vector: object, expected: int, name: str) -> Tensor:
-    """Raise unless ``vector`` is a dense 1-D tensor with data and one element per parameter element."""
-    if not isinstance(vector, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
-    if vector.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {vector.layout}")
-    if vector.device.type == "meta":
-        raise ValueError(f"{name} must hold data, got a tensor on the meta device")
-    if vector.dim() != 1:
-        raise ValueError(f"{name} must be a 1-D tensor, got shape {tuple(vector.shape)}")
-    if vector.numel() != expected:
-        raise ValueError(f"{name} must have {expected} elements (one per parameter element), got {vector.numel()}")
-    return vector
+def _check_grads(names: list[str], params: list[nn.Parameter], grads: list[Tensor | None]) -> None:
+    """Raise unless every existing gradient matches its parameter's shape, dtype and device.
 
-
-def _check_source(vector: object, plan: _Plan, name: str) -> Tensor:
-    """The setters' check: a vector of the right length whose dtype casts to every parameter's."""
-    vector = _check_vector(vector, plan.total, name)
-    for dtype in plan.dtypes:
-        if not torch.can_cast(vector.dtype, dtype):
-            raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the parameters' {dtype}")
-    return vector
-
-
-def _check_out(out: object, module: nn.Module, plan: _Plan, grads: list[Tensor | None]) -> Tensor:
-    """The getters' check of ``out``: the result's exact dtype, writable, and sharing no memory with the model."""
-    out = _check_vector(out, plan.total, "out")
-    if out.dtype != plan.dtype:
-        raise TypeError(f"out must have the result's dtype {plan.dtype}, got {out.dtype}")
-    _check_writable([out], lambda _: "out")
-    for kind, hit in (("parameter", plan.first_overlap(out)), ("gradient of parameter", _first_overlap(out, grads))):
-        if hit is not None:
+    torch enforces this when ``.grad`` is assigned, but not when a
+    parameter's ``.data`` is replaced afterwards; a gradient left behind
+    would be read into, or written from, the wrong slice.
+    """
+    for name, p, g in zip(names, params, grads, strict=True):
+        if g is not None and (g.shape != p.shape or g.dtype != p.dtype or g.device != p.device):
             raise ValueError(
-                f"out must not share memory with the model, but it overlaps the {kind} {_name(module, hit)!r}"
+                f"the gradient of parameter {name!r} must match the parameter (shape {tuple(p.shape)}, "
+                f"{p.dtype}, {p.device}), got shape {tuple(g.shape)}, {g.dtype}, {g.device}; the parameter "
+                "changed after its gradient was made: set the gradient to None first (module.zero_grad())"
             )
+
+
+def _check_readable(names: list[str], sources: list[Tensor | None], device: torch.device, what: str) -> None:
+    """Raise if a source is on the meta device (it holds no data) while the result is not."""
+    if device.type == "meta":
+        return
+    for name, t in zip(names, sources, strict=True):
+        if t is not None and t.device.type == "meta":
+            raise ValueError(
+                f"{what} {name!r} is on the meta device and holds no data to read; "
+                "expected a module whose parameters hold data (materialise it with to_empty() first)"
+            )
+
+
+def _check_out(
+    out: object,
+    names: list[str],
+    params: list[nn.Parameter],
+    grads: list[Tensor | None],
+    sources: list[Tensor | None],
+    what: str,
+) -> Tensor:
+    """The getters' check of ``out``: the result's exact dtype, writable, and sharing no memory with the model."""
+    out = _check_vector(out, sum(p.numel() for p in params), "out")
+    dtype = _result_dtype(params)
+    if out.dtype != dtype:
+        raise TypeError(f"out must have the result's dtype {dtype}, got {out.dtype}")
+    _check_writable([out], lambda _: "out")
+    for kind, tensors in (("parameter", params), ("gradient of parameter", grads)):
+        hit = _first_overlap(out, tensors)
+        if hit is not None:
+            raise ValueError(f"out must not share memory with the model, but it overlaps the {kind} {names[hit]!r}")
+    _check_readable(names, sources, out.device, what)
     return out
+
+
+# --- memory overlaps -------------------------------------------------------
+
+
+def _span(t: Tensor) -> tuple[int, int]:
+    """The bytes ``[start, end)`` that the dense tensor ``t`` can read or write.
+
+    Strides are never negative, so the first element is at the lowest
+    address and the last element at the highest.
+    """
+    start = t.data_ptr()
+    if t.is_contiguous():
+        return start, start + t.nbytes
+    if t.numel() == 0:
+        return start, start
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    return start, start + extent * t.element_size()
+
+
+def _first_overlap(vector: Tensor, tensors: Sequence[Tensor | None]) -> int | None:
+    """The index of the first tensor whose bytes intersect ``vector``'s on its device, if any.
+
+    Memory is compared by address ranges, whatever storage objects the
+    tensors come from (two storages can share memory, as ``from_numpy``
+    views of one array do). The ranges are conservative for interleaved
+    views, which are then treated as overlapping.
+    """
+    if vector.numel() == 0 or vector.device.type == "meta":
+        return None
+    low, high = _span(vector)
+    device = vector.device
+    strided = torch.strided
+    for i, t in enumerate(tensors):
+        if t is None or t.layout != strided or t.data_ptr() >= high:
+            continue
+        start, end = _span(t)
+        if low < end and start < high and t.device == device:
+            return i
+    return None
+
+
+# --- copies ----------------------------------------------------------------
 
 
 def _dense(t: Tensor) -> Tensor:
@@ -339,82 +222,60 @@ def _dense(t: Tensor) -> Tensor:
 
 
 def _pieces(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
-    """Views of ``vector`` shaped like each parameter in turn.
+    """Views of ``vector`` shaped like each parameter in turn, one after the other (the layout).
 
     torch's own helper builds them in one C++ call; building each view from
-    Python costs a few microseconds a parameter, which dominates models of
-    many small tensors.
+    Python costs a few microseconds a parameter.
     """
     return list(_unflatten_dense_tensors(vector, params)) if params else []  # type: ignore[no-untyped-call]
 
 
 def _copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
-    """``d.copy_(s)`` for every pair, in as few kernel launches as torch allows.
+    """``d.copy_(s)`` for every pair, in order, in as few kernel launches as torch allows.
 
-    On CUDA, ``_foreach_copy_`` copies up to about a hundred tensors per
-    launch instead of one; where it cannot (mixed dtypes or devices, the CPU)
-    torch falls back to one ``copy_`` per pair.
+    On CUDA, ``_foreach_copy_`` copies many tensors per launch; where it
+    cannot (mixed dtypes or devices, the CPU) torch falls back to one
+    ``copy_`` per pair, in order.
     """
     if destinations:
         torch._foreach_copy_(destinations, sources)
 
 
-def _gather(plan: _Plan, sources: list[Tensor | None], out: Tensor | None) -> Tensor:
-    """Copy each source into its slice of ``out`` (a new vector when None); a missing source writes zeros.
+def _fill(pieces: list[Tensor], sources: list[Tensor | None]) -> None:
+    """Copy each source into its piece, zeroing the pieces whose source is None."""
+    present = [(piece, _dense(s)) for piece, s in zip(pieces, sources, strict=True) if s is not None]
+    if present:
+        _copy_all([piece for piece, _ in present], [s for _, s in present])
+    if len(present) < len(pieces):
+        torch._foreach_zero_([piece for piece, s in zip(pieces, sources, strict=True) if s is None])
 
-    Small models fill the plan's staging vector through its ready-made views
-    and copy it out whole; the others build views of ``out`` (one C++ call).
-    """
-    present = [s is not None for s in sources]
-    dense = [_dense(s) for s in sources if s is not None]
+
+def _gather(params: list[nn.Parameter], sources: list[Tensor | None], out: Tensor | None) -> Tensor:
+    """Copy each source into its slice of ``out`` (a new vector when None); a missing source writes zeros."""
     with torch.no_grad():
-        if plan.small:
-            with plan.lock:
-                staging, pieces = plan.staging()
-                _fill(pieces, present, dense)
-                return staging.clone() if out is None else out.copy_(staging)
         if out is None:
-            out = torch.empty(plan.total, dtype=plan.dtype, device=_device(plan.params))
-        _fill(_pieces(out, plan.params), present, dense)
+            total = sum(p.numel() for p in params)
+            out = torch.empty(total, dtype=_result_dtype(params), device=_result_device(params))
+        _fill(_pieces(out, params), sources)
     return out
 
 
-def _fill(pieces: list[Tensor], present: list[bool], sources: list[Tensor]) -> None:
-    """Copy ``sources`` into the pieces marked present, in order, and zero the others."""
-    if all(present):
-        _copy_all(pieces, sources)
-        return
-    _copy_all([piece for piece, here in zip(pieces, present, strict=True) if here], sources)
-    missing = [piece for piece, here in zip(pieces, present, strict=True) if not here]
-    torch._foreach_zero_(missing)
+def _slices(vector: Tensor, params: list[nn.Parameter], *, convert: bool) -> list[Tensor]:
+    """Pieces of ``vector`` shaped like each parameter, on its device (and, with ``convert``, in its dtype).
+
+    When the parameters share a device (and dtype), the vector is moved (and
+    converted) once, rather than once per parameter. Converting first and
+    then copying rounds exactly as one ``copy_`` does.
+    """
+    devices = set(map(_device_of, params))
+    if len(devices) == 1:
+        dtypes = set(map(_dtype, params))
+        dtype = next(iter(dtypes)) if convert and len(dtypes) == 1 else None
+        vector = vector.to(device=next(iter(devices)), dtype=dtype)
+    return _pieces(vector, params)
 
 
-@contextlib.contextmanager
-def _scattered(plan: _Plan, vector: Tensor) -> Iterator[list[Tensor]]:
-    """Pieces of ``vector`` shaped like each parameter, converted to its dtype and device, and safe to read
-    while any parameter or gradient is written (``vector`` may overlap them)."""
-    if plan.small:
-        with plan.lock:
-            staging, pieces = plan.staging()
-            # One bulk copy (and conversion) into memory no parameter or
-            # gradient can share, instead of building a view per parameter.
-            staging.copy_(vector)
-            yield pieces
-        return
-    yield _read(vector, plan)
-
-
-def _read(vector: Tensor, plan: _Plan) -> list[Tensor]:
-    """Pieces of ``vector`` shaped like each parameter, converted once where they agree."""
-    if plan.device is not None:
-        # One transfer (and conversion) for the whole vector rather than one
-        # per parameter; same-dtype pieces also keep the multi-tensor fast path.
-        vector = vector.to(device=plan.device, dtype=plan.kind[0] if plan.kind else None)
-    return _pieces(vector, plan.params)
-
-
-def _device(params: list[nn.Parameter]) -> torch.device:
-    return params[0].device if params else torch.device("cpu")
+# --- the public functions ---------------------------------------------------
 
 
 def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
@@ -458,13 +319,18 @@ def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
         ...
         TypeError: out must have the result's dtype torch.float32, got torch.int64
     """
-    plan = _plan(module)
+    names, params = walk(module)
     if out is not None:
-        out = _check_out(out, module, plan, list(map(_grad, plan.params)))
-        return _gather(plan, list(plan.params), out)
-    if not plan.params:
+        grads = list(map(_grad, params))
+        out = _check_out(out, names, params, grads, list(params), "parameter")
+        return _gather(params, list(params), out)
+    if not params:
         return torch.empty(0)
-    return torch.cat([p.reshape(-1) for p in plan.params])
+    device = _result_device(params)
+    _check_readable(names, list(params), device, "parameter")
+    if len(set(map(_device_of, params))) == 1:
+        return torch.cat([p.reshape(-1) for p in params])
+    return torch.cat([p.reshape(-1).to(device) for p in params])
 
 
 def set_params(module: nn.Module, new_params: Tensor) -> None:
@@ -500,13 +366,14 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
         Parameter containing:
         tensor([6., 7.], requires_grad=True)
     """
-    plan = _plan(module)
-    source = _check_source(new_params, plan, "new_params")
-    _check_params_writable(module, plan)
-    if not plan.small and plan.first_overlap(source) is not None:
+    names, params = walk(module)
+    source = _check_vector(new_params, sum(p.numel() for p in params), "new_params")
+    _check_castable(source, set(map(_dtype, params)), "new_params", "parameters")
+    _check_writable(list(params), lambda i: f"parameter {names[i]!r}")
+    if _first_overlap(source, params) is not None:
         source = source.clone()
-    with torch.no_grad(), _scattered(plan, source) as pieces:
-        _copy_all(list(plan.params), pieces)
+    with torch.no_grad():
+        _copy_all(list(params), _slices(source, params, convert=True))
 
 
 def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
@@ -544,9 +411,14 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
         >>> get_grads(layer)
         tensor([1., 1., 1., 1., 1., 1., 1., 1.])
     """
-    plan = _plan(module)
-    grads = list(map(_grad, plan.params))
-    return _gather(plan, grads, None if out is None else _check_out(out, module, plan, grads))
+    names, params = walk(module)
+    grads = list(map(_grad, params))
+    _check_grads(names, params, grads)
+    if out is None:
+        _check_readable(names, grads, _result_device(params), "the gradient of parameter")
+    else:
+        out = _check_out(out, names, params, grads, grads, "the gradient of parameter")
+    return _gather(params, grads, out)
 
 
 def set_grads(module: nn.Module, new_grads: Tensor) -> None:
@@ -633,42 +505,43 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0) -> None:
 
 def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | None) -> None:
     """Set (alpha None) or add ``alpha *`` the vector into every gradient, after checking everything."""
-    plan = _plan(module)
-    params = plan.params
-    source = _check_source(vector, plan, name)
+    names, params = walk(module)
+    source = _check_vector(vector, sum(p.numel() for p in params), name)
     grads: list[Tensor | None] = list(map(_grad, params))
     for i, grad in enumerate(grads):
         if grad is not None and grad.layout != torch.strided:
             raise TypeError(
-                f"the gradient of parameter {_name(module, i)!r} must be dense (strided) to be written in place, "
+                f"the gradient of parameter {names[i]!r} must be dense (strided) to be written in place, "
                 f"got layout {grad.layout}; set it to None first (module.zero_grad()) to have a dense one created"
             )
-    _check_writable(grads, lambda i: f"the gradient of parameter {_name(module, i)!r}")
-    if not plan.small and _first_overlap(source, grads) is not None:
+    _check_grads(names, params, grads)
+    _check_castable(source, set(map(_dtype, params)), name, "parameters")
+    _check_writable(grads, lambda i: f"the gradient of parameter {names[i]!r}")
+    if _first_overlap(source, grads) is not None:
         source = source.clone()
-    with torch.no_grad(), _scattered(plan, source) as pieces:
-        # Stage every missing gradient with its final values before any
-        # write, outside inference mode so that backward can use it later.
+    with torch.no_grad():
+        # Adding rounds once, from the vector's own dtype, as add_ does.
+        pieces = _slices(source, params, convert=alpha is None)
+        # Make every missing gradient with its final values before any write,
+        # outside inference mode so that a later backward can add into it.
         with torch.inference_mode(False):
             created = [
                 (p, _fresh(p, piece, alpha)) for p, piece, g in zip(params, pieces, grads, strict=True) if g is None
             ]
-        if created:
-            existing = [g for g in grads if g is not None]
-            sources = [piece for piece, g in zip(pieces, grads, strict=True) if g is not None]
-        else:
-            existing, sources = cast(list[Tensor], grads), pieces
+        existing = [(g, piece) for g, piece in zip(grads, pieces, strict=True) if g is not None]
+        destinations, sources = [g for g, _ in existing], [piece for _, piece in existing]
         if alpha is None:
-            _copy_all(existing, sources)
-        elif existing:
-            torch._foreach_add_(existing, sources, alpha=alpha)
+            _copy_all(destinations, sources)
+        elif destinations:
+            torch._foreach_add_(destinations, sources, alpha=alpha)
     for p, grad in created:
         p.grad = grad
 
 
 def _fresh(p: Tensor, piece: Tensor, alpha: float | None) -> Tensor:
-    grad = torch.empty_like(p).copy_(piece)
-    return grad if alpha is None else grad.mul_(alpha)
+    """A new gradient for ``p`` (its dtype, device and strides) holding ``piece`` (times ``alpha``)."""
+    grad = torch.empty_like(p)
+    return grad.copy_(piece) if alpha is None else grad.zero_().add_(piece, alpha=alpha)
 
 
 def get_grads_list(module: nn.Module) -> list[Tensor]:
@@ -701,10 +574,14 @@ def get_grads_list(module: nn.Module) -> list[Tensor]:
         >>> torch.equal(torch.cat(get_grads_list(layer)), get_grads(layer))
         True
     """
-    params = _plan(module).params
+    names, params = walk(module)
+    grads = list(map(_grad, params))
+    _check_grads(names, params, grads)
     if _fused(params):
-        return _grads_list_fused(params)
-    return _grads_list_each(params)
+        vector = _gather(params, grads, None)
+        return list(torch.split(vector, [p.numel() for p in params]))
+    with torch.no_grad():
+        return [p.new_zeros(p.numel()) if g is None else _owned_flat(g) for p, g in zip(params, grads, strict=True)]
 
 
 def _fused(params: list[nn.Parameter]) -> bool:
@@ -715,21 +592,6 @@ def _fused(params: list[nn.Parameter]) -> bool:
     one large one faults in fresh pages.
     """
     return bool(params) and params[0].device.type != "cpu" and len({(p.dtype, p.device) for p in params}) == 1
-
-
-def _grads_list_fused(params: list[nn.Parameter]) -> list[Tensor]:
-    """``get_grads_list`` as views of one fresh vector; the parameters must share dtype and device."""
-    grads = list(map(_grad, params))
-    out = torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
-    with torch.no_grad():
-        _fill(_pieces(out, params), [g is not None for g in grads], [_dense(g) for g in grads if g is not None])
-    return list(torch.split(out, [p.numel() for p in params]))
-
-
-def _grads_list_each(params: list[nn.Parameter]) -> list[Tensor]:
-    """``get_grads_list`` as one fresh tensor per parameter."""
-    with torch.no_grad():
-        return [p.new_zeros(p.numel()) if p.grad is None else _owned_flat(p.grad) for p in params]
 
 
 def _owned_flat(t: Tensor) -> Tensor:

@@ -12,6 +12,7 @@ gradient) must move with it. :func:`~backbone.flat_layout` describes a layout;
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -199,13 +200,71 @@ def flat_layout(module: nn.Module) -> FlatLayout:
         >>> [(e.name, e.offset, e.shape) for e in flat_layout(nn.Linear(3, 2))]
         [('weight', 0, (2, 3)), ('bias', 6, (2,))]
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    names, params = walk(module)
     entries, offset = [], 0
-    for name, p in module.named_parameters():
+    for name, p in zip(names, params, strict=True):
         entries.append(LayoutEntry(name, offset, tuple(p.shape), p.dtype))
         offset += p.numel()
     return FlatLayout(tuple(entries))
+
+
+def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
+    """The names and parameters of ``module`` in flat-vector order, as they are now.
+
+    This is the one walk behind every flat vector: :func:`flat_layout` and
+    every flat operation (:func:`~backbone.get_params` and the rest) call it,
+    on every call, and keep nothing. It is ``module.named_parameters()``
+    (depth first, each tied parameter once, frozen ones included), refusing
+    parameters that a flat vector cannot hold.
+
+    Args:
+        module: the module to walk.
+
+    Returns:
+        The qualified names and the parameters, in the same order.
+
+    Raises:
+        TypeError: ``module`` is not a module, or a parameter is not a dense
+            tensor or is sharded by FSDP.
+
+    Example:
+        >>> from torch import nn
+        >>> from backbone.layout import walk
+        >>> names, params = walk(nn.Sequential(nn.Linear(3, 2), nn.ReLU(), nn.Linear(2, 1)))
+        >>> names
+        ['0.weight', '0.bias', '2.weight', '2.bias']
+        >>> [tuple(p.shape) for p in params]
+        [(2, 3), (2,), (1, 2), (1,)]
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    names, params = [], []
+    for name, p in module.named_parameters():
+        names.append(name)
+        params.append(p)
+    for name, p in zip(names, params, strict=True):
+        if _sharded(p):
+            raise TypeError(
+                f"parameter {name!r} is sharded by FSDP ({type(p).__name__}), so each rank holds only part "
+                "of it; flat vectors of a sharded model are not supported: use DistributedDataParallel, "
+                "or gather the full parameters first"
+            )
+    if any(layout is not torch.strided for layout in set(map(_layout, params))):
+        name, p = next((n, p) for n, p in zip(names, params, strict=True) if p.layout is not torch.strided)
+        raise TypeError(
+            f"parameter {name!r} must be a dense (strided) tensor, got layout {p.layout}; "
+            "flat vectors cover dense parameters only"
+        )
+    return names, params
+
+
+_layout = operator.attrgetter("layout")
+
+
+def _sharded(p: Tensor) -> bool:
+    # FSDP's fully_shard makes parameters DTensors; the older
+    # FullyShardedDataParallel flattens them into FlatParameters.
+    return type(p).__name__ in ("DTensor", "FlatParameter") or bool(getattr(p, "_is_flat_param", False))
 
 
 def _check_vector(vector: object, layout: FlatLayout, name: str) -> Tensor:
