@@ -34,8 +34,10 @@ then the public functions.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +51,9 @@ __all__ = ["add_grads", "get_grads", "get_grads_list", "get_params", "set_grads"
 _grad = operator.attrgetter("grad")
 _dtype = operator.attrgetter("dtype")
 _device_of = operator.attrgetter("device")
+_version = operator.attrgetter("_version")
+_nbytes = operator.attrgetter("nbytes")
+_layout = operator.attrgetter("layout")
 
 
 # --- checks ------------------------------------------------------------------
@@ -92,10 +97,11 @@ def _unwritable(t: Tensor) -> tuple[type[Exception], str] | None:
     """Why ``t`` cannot be written in place, element by element, here and now; None when it can."""
     if t.layout != torch.strided:
         return TypeError, f"must be a dense (strided) tensor, got layout {t.layout}"
-    if t.is_inference() and not torch.is_inference_mode_enabled():
+    if not torch.is_inference_mode_enabled() and not _tracks_version(t):
         return ValueError, (
-            "is an inference tensor (made under torch.inference_mode()) and cannot be written outside "
-            "inference mode; expected a normal tensor (replace it with a clone made outside inference mode)"
+            "is an inference tensor (made under torch.inference_mode(), or converted from one) and cannot be "
+            "written outside inference mode; expected a normal tensor (replace it with a clone made outside "
+            "inference mode)"
         )
     if _shares_elements(t):
         return ValueError, (
@@ -105,6 +111,20 @@ def _unwritable(t: Tensor) -> tuple[type[Exception], str] | None:
     return None
 
 
+def _tracks_version(t: Tensor) -> bool:
+    """Whether ``t`` has a version counter, without which torch refuses in-place writes outside inference mode.
+
+    Inference tensors have none, except a Parameter made from one; a
+    gradient that ``module.to()`` converted from an inference tensor has none
+    either, though ``is_inference()`` says False.
+    """
+    try:
+        t._version  # noqa: B018 - the probe is the attribute read
+    except RuntimeError:
+        return False
+    return True
+
+
 def _shares_elements(t: Tensor) -> bool:
     """Whether several elements of the dense tensor ``t`` share one memory location (as after ``expand()``)."""
     return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
@@ -112,9 +132,14 @@ def _shares_elements(t: Tensor) -> bool:
 
 def _check_writable(tensors: list[Tensor | None], what: Callable[[int], str]) -> None:
     """Raise, naming the tensor with ``what(index)``, unless every tensor can be written in place."""
-    inference = not torch.is_inference_mode_enabled() and any(t is not None and t.is_inference() for t in tensors)
-    if not inference and all(t is None or t.is_contiguous() for t in tensors):
-        return  # the common case, in a few C loops
+    present = [t for t in tensors if t is not None]
+    try:  # the common case, in a few C loops
+        if not torch.is_inference_mode_enabled():
+            list(map(_version, present))  # raises for a tensor without a version counter
+        if all(map(Tensor.is_contiguous, present)):
+            return
+    except RuntimeError:
+        pass
     for i, t in enumerate(tensors):
         problem = None if t is None else _unwritable(t)
         if problem is not None:
@@ -141,6 +166,9 @@ def _check_grads(names: list[str], params: list[nn.Parameter], grads: list[Tenso
 def _check_readable(names: list[str], sources: list[Tensor | None], device: torch.device, what: str) -> None:
     """Raise if a source is on the meta device (it holds no data) while the result is not."""
     if device.type == "meta":
+        return
+    present = [t for t in sources if t is not None]
+    if all(d.type != "meta" for d in set(map(_device_of, present))):
         return
     for name, t in zip(names, sources, strict=True):
         if t is not None and t.device.type == "meta":
@@ -201,14 +229,17 @@ def _first_overlap(vector: Tensor, tensors: Sequence[Tensor | None]) -> int | No
     if vector.numel() == 0 or vector.device.type == "meta":
         return None
     low, high = _span(vector)
-    device = vector.device
-    strided = torch.strided
-    for i, t in enumerate(tensors):
-        if t is None or t.layout != strided or t.data_ptr() >= high:
-            continue
-        start, end = _span(t)
-        if low < end and start < high and t.device == device:
-            return i
+    indices = [i for i, t in enumerate(tensors) if t is not None and t.layout == torch.strided]
+    present = [cast(Tensor, tensors[i]) for i in indices]
+    # A first pass in C loops: a tensor that starts at or after the vector's
+    # end cannot reach it (strides are never negative), nor can a contiguous
+    # one that ends at or before its start.
+    rows = zip(map(Tensor.data_ptr, present), map(_nbytes, present), map(Tensor.is_contiguous, present), strict=True)
+    near = [j for j, (start, size, dense) in enumerate(rows) if start < high and (not dense or start + size > low)]
+    for j in near:
+        start, end = _span(present[j])
+        if low < end and start < high and present[j].device == vector.device:
+            return indices[j]
     return None
 
 
@@ -243,6 +274,9 @@ def _copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
 
 def _fill(pieces: list[Tensor], sources: list[Tensor | None]) -> None:
     """Copy each source into its piece, zeroing the pieces whose source is None."""
+    if all(map(operator.is_not, sources, itertools.repeat(None))) and set(map(_layout, sources)) <= {torch.strided}:
+        _copy_all(pieces, cast(list[Tensor], sources))  # the common case, in C loops
+        return
     present = [(piece, _dense(s)) for piece, s in zip(pieces, sources, strict=True) if s is not None]
     if present:
         _copy_all([piece for piece, _ in present], [s for _, s in present])
@@ -595,9 +629,12 @@ def _fused(params: list[nn.Parameter]) -> bool:
 
 
 def _owned_flat(t: Tensor) -> Tensor:
-    # to_dense() of a sparse gradient is already a fresh tensor. reshape(-1)
-    # of a non-contiguous tensor is sometimes a view, so it cannot be trusted
-    # to copy; contiguous() always copies a non-contiguous tensor.
-    if t.layout != torch.strided:
-        return t.to_dense().view(-1)
-    return t.view(-1).clone() if t.is_contiguous() else t.contiguous().view(-1)
+    """A fresh 1-D copy of ``t``'s dense value, whatever its strides.
+
+    A copy into new memory, rather than ``reshape`` or ``clone``, which may
+    return a view or keep odd strides, and which fail on a gradient that
+    ``module.to()`` converted out of an inference tensor (it has no version
+    counter, but ``copy_`` can still read it).
+    """
+    flat = torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    return flat.copy_(_dense(t)).view(-1)

@@ -238,10 +238,8 @@ def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
-    names, params = [], []
-    for name, p in module.named_parameters():
-        names.append(name)
-        params.append(p)
+    found = _walk_slots(module)
+    names, params = found if found is not None else _walk_named(module)
     for name, p in zip(names, params, strict=True):
         if _sharded(p):
             raise TypeError(
@@ -259,6 +257,68 @@ def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
 
 
 _layout = operator.attrgetter("layout")
+
+
+def _walk_named(module: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
+    """``named_parameters()`` as the module's class defines it."""
+    names, params = [], []
+    for name, p in module.named_parameters():
+        names.append(name)
+        params.append(p)
+    return names, params
+
+
+def _walk_slots(module: nn.Module) -> tuple[list[str], list[nn.Parameter]] | None:
+    """What ``nn.Module.named_parameters()`` gives, read straight from the modules' slots; None where a class
+    redefines the walk.
+
+    torch's walk nests a generator per module and builds every module's
+    prefix as it goes, which costs more than the copy of a small parameter.
+    This is the same walk as a plain loop, with the same memo sets (a
+    module or parameter already seen is skipped), valid only while every
+    method it stands for is torch's own: the root's ``named_parameters``
+    and ``_named_members``, and each visited module's ``named_modules``.
+    Otherwise the module's own ``named_parameters()`` is used.
+    """
+    root = type(module)
+    if root.named_parameters is not _NAMED_PARAMETERS or root._named_members is not _NAMED_MEMBERS:
+        return None
+    names: list[str] = []
+    params: list[nn.Parameter] = []
+    return (names, params) if _visit(module, "", names, params, set(), set()) else None
+
+
+def _visit(
+    m: nn.Module,
+    prefix: str,
+    names: list[str],
+    params: list[nn.Parameter],
+    seen_modules: set[nn.Module],
+    seen_params: set[nn.Parameter],
+) -> bool:
+    """Add ``m``'s parameters, then its children's, as ``named_modules`` orders them; False where a class
+    redefines ``named_modules``. (A plain function, not a closure: a closure that calls itself is a
+    reference cycle, and it would keep the modules in its sets alive until the next garbage collection.)"""
+    if type(m).named_modules is not _NAMED_MODULES:
+        return False
+    if m in seen_modules:
+        return True
+    seen_modules.add(m)
+    dot = prefix + "." if prefix else ""
+    for key, p in m._parameters.items():
+        if p is not None and p not in seen_params:
+            seen_params.add(p)
+            names.append(dot + key)
+            params.append(p)
+    return all(
+        child is None or _visit(child, dot + key, names, params, seen_modules, seen_params)
+        for key, child in m._modules.items()
+    )
+
+
+_NAMED_PARAMETERS = nn.Module.named_parameters
+_NAMED_MEMBERS = nn.Module._named_members
+_NAMED_MODULES = nn.Module.named_modules
 
 
 def _sharded(p: Tensor) -> bool:
