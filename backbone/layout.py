@@ -330,6 +330,8 @@ def _sharded(p: Tensor) -> bool:
 def _check_vector(vector: object, layout: FlatLayout, name: str) -> Tensor:
     if not isinstance(vector, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
+    if vector.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {vector.layout}")
     if vector.dim() != 1 or vector.numel() != layout.numel:
         raise ValueError(
             f"{name} must be a 1-D tensor of {layout.numel} elements (the old layout), got shape {tuple(vector.shape)}"

@@ -89,7 +89,8 @@ def register_into(
 
     Args:
         register_backbone: the other registry's ``register_backbone``.
-        names: the names to register; every registered one when None.
+        names: the names to register (one name may be given as a str);
+            every registered one when None.
         prefix: put before each name, where the other registry already has
             it (Mammoth has its own ``resnet18``).
 
@@ -115,6 +116,8 @@ def register_into(
     """
     if not callable(register_backbone):
         raise TypeError(f"register_backbone must be callable, got {type(register_backbone).__name__}")
+    if isinstance(names, str):
+        names = [names]  # one name, not its letters
     entries = [registered(name) for name in (list_backbones() if names is None else names)]
     given = []
     for entry in entries:

@@ -66,6 +66,8 @@ def _check_name(name: object) -> str:
     """A name to register: letters, digits, '-', '_' and '.', starting with a letter or digit."""
     if not isinstance(name, str):
         raise TypeError(f"a backbone name must be a str, got {type(name).__name__}")
+    # Surrounding spaces are dropped, as the lookups drop them.
+    name = name.strip()
     if not _NAME.fullmatch(name):
         raise ValueError(
             "a backbone name must be letters, digits, '-', '_' or '.', starting with a letter or digit, "

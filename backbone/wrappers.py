@@ -58,11 +58,15 @@ def _inner(module: nn.Module) -> nn.Module | None:
     # torch.compile's OptimizedModule keeps the original as _orig_mod;
     # DataParallel, DistributedDataParallel and FSDP's wrapper class keep it
     # as .module. Other modules with a submodule named "module" are not
-    # wrappers, so the class is checked by name (torch.distributed may be
-    # unavailable, and importing FSDP is slow).
+    # wrappers, so the class and its bases are checked by name
+    # (torch.distributed may be unavailable, and importing FSDP is slow).
     original = _compiled_original(module)
     if original is not None:
         return original
-    if type(module).__name__ in ("DataParallel", "DistributedDataParallel", "FullyShardedDataParallel"):
+    if any(kind.__name__ in _WRAPPERS for kind in type(module).__mro__):
         return cast(nn.Module, module.module)
     return None
+
+
+# By class name, anywhere in the class's bases, so that subclasses are seen too.
+_WRAPPERS = ("DataParallel", "DistributedDataParallel", "FullyShardedDataParallel")

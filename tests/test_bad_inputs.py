@@ -109,6 +109,21 @@ def fsdp1_like() -> nn.Module:
     return net
 
 
+def stale_gradient() -> nn.Module:
+    """A parameter whose data was replaced by another shape after its gradient was made."""
+    net = TinyNet()
+    net.set_grads(torch.ones(N))
+    net.stage1.weight.data = net.stage1.weight.data.t()  # (3, 4) becomes (4, 3)
+    return net
+
+
+def half_meta() -> nn.Module:
+    """A model with one parameter on the meta device (it has a shape, not values)."""
+    net = TinyNet()
+    net.stage2.weight = nn.Parameter(torch.empty(net.stage2.weight.shape, device="meta"))
+    return net
+
+
 class SparseParameterNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
@@ -198,6 +213,12 @@ MATRIX = [
     Bad("out/a-parameter", lambda n: backbone.get_params(n, out=n.storage[0:8]), ValueError, "out must not share memory with the model", ViewsOfOneBuffer),
     Bad("out/a-parameter-tail", lambda n: backbone.get_grads(n, out=n.storage[7:15]), ValueError, "out must not share memory with the model", ViewsOfOneBuffer),
     Bad("out/a-gradient", lambda n: backbone.get_grads(n, out=n.grad_storage), ValueError, "out must not share memory with the model", ViewsOfOneBuffer),
+    Bad("get_grads/stale-gradient", lambda n: backbone.get_grads(n), ValueError, "must match the parameter", stale_gradient),
+    Bad("get_grads_list/stale-gradient", lambda n: backbone.get_grads_list(n), ValueError, "must match the parameter", stale_gradient),
+    Bad("set_grads/stale-gradient", lambda n: backbone.set_grads(n, torch.zeros(N)), ValueError, "must match the parameter", stale_gradient),
+    Bad("add_grads/stale-gradient", lambda n: backbone.add_grads(n, torch.zeros(N)), ValueError, "must match the parameter", stale_gradient),
+    Bad("get_params/meta-parameter", lambda n: backbone.get_params(n), ValueError, "is on the meta device and holds no data to read", half_meta),
+    Bad("out/meta-parameter", lambda n: backbone.get_params(n, out=torch.zeros(N)), ValueError, "is on the meta device and holds no data to read", half_meta),
     Bad("getters/sharded-parameter", lambda n: backbone.get_grads(n), TypeError, "is sharded by FSDP", lambda: fsdp1_like()),
     Bad("unwrap/module", lambda n: backbone.unwrap("net"), TypeError, "expected a torch.nn.Module, got"),
     Bad("getters/sparse-parameter", lambda n: backbone.get_params(n), TypeError, "must be a dense (strided) tensor, got layout", SparseParameterNet),
@@ -258,6 +279,8 @@ MATRIX = [
     Bad("grow/module", lambda n: backbone.grow_classifier("net", 3), TypeError, "expected a torch.nn.Module, got"),
     Bad("layout/module", lambda n: backbone.flat_layout(None), TypeError, "expected a torch.nn.Module, got"),
     Bad("carry/length", lambda n: backbone.carry_vector(torch.zeros(N + 1), backbone.flat_layout(n), backbone.flat_layout(n)), ValueError, "(the old layout), got shape"),
+    Bad("carry/sparse", lambda n: backbone.carry_vector(torch.zeros(N).to_sparse(), backbone.flat_layout(n), backbone.flat_layout(n)), TypeError, "must be a dense (strided) tensor, got layout"),
+    Bad("register/taken-with-spaces", lambda n: register(" RESNET18 "), ValueError, "is already registered"),
     Bad("carry/vector", lambda n: backbone.carry_vector([0.0] * N, backbone.flat_layout(n), backbone.flat_layout(n)), TypeError, "vector must be a torch.Tensor"),
     Bad("carry/layout", lambda n: backbone.carry_vector(torch.zeros(N), backbone.flat_layout(n), n), TypeError, "must be a FlatLayout"),
     Bad("carry/shrink", lambda n: backbone.carry_vector(torch.zeros(N), backbone.flat_layout(n), backbone.flat_layout(TinyNet(num_classes=1))), ValueError, "only growing along existing dimensions"),

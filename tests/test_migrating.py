@@ -351,3 +351,4 @@ def test_register_into_a_mammoth_style_registry() -> None:
 
     names = register_into(register_backbone)
     assert names == backbone.list_backbones() and set(theirs) == set(names)
+    assert register_into(register_backbone, "resnet18", prefix="one-") == ["one-resnet18"]  # a name, not its letters

@@ -93,6 +93,14 @@ def test_unwrap_reaches_the_backbone_through_every_wrapper() -> None:
     assert unwrap(nn.Sequential(net)) is not net  # not a wrapper: a model that contains the backbone
 
 
+def test_unwrap_sees_a_subclass_of_a_wrapper() -> None:
+    class MyDataParallel(nn.DataParallel):  # as projects subclass it to forward attributes
+        pass
+
+    net = TinyNet()
+    assert unwrap(MyDataParallel(net)) is net
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_every_returnt_under_autocast_bfloat16(name: str) -> None:
     net, shape = small(name)
