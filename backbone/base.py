@@ -211,10 +211,13 @@ class MammothBackbone(nn.Module):
     * :meth:`get_classifier`, :meth:`reset_classifier`, :attr:`num_features`
       and :attr:`num_classes` describe and replace the classifier.
 
-    ``'features'`` is ``forward_head(forward_features(x), pre_logits=True)``,
-    ``'out'`` is the classifier applied to it, ``'both'`` is the pair from one
-    pass, and ``'full'`` is those logits with every stage's output from
-    :meth:`forward_intermediates`.
+    ``'out'`` is ``forward_head(forward_features(x))``, as timm's ``forward``
+    is; ``'features'`` is ``forward_head(forward_features(x),
+    pre_logits=True)``; ``'both'`` is the pair from one pass, and ``'full'``
+    is those logits with every stage's output from
+    :meth:`forward_intermediates`. A subclass that overrides
+    :meth:`forward_head` (a head with its own classifying step, as some timm
+    models have) therefore changes the logits of every ``returnt``.
 
     There are two ways to write a backbone:
 
@@ -357,12 +360,20 @@ class MammothBackbone(nn.Module):
             raise TypeError(f"{name} expects the input batch x to be a torch.Tensor, got {type(x).__name__}")
         if returnt == "full":
             final, stages = cast("tuple[Tensor, list[Tensor]]", self.forward_intermediates(x))
-            return cast(Tensor, self.get_classifier()(self.forward_head(final, pre_logits=True))), stages
-        features = self.forward_head(self.forward_features(x), pre_logits=True)
+            return self._logits(final, self.forward_head(final, pre_logits=True)), stages
+        final = self.forward_features(x)
+        features = self.forward_head(final, pre_logits=True)
         if returnt == "features":
             return features
-        logits = self.get_classifier()(features)
+        logits = self._logits(final, features)
         return logits if returnt == "out" else (logits, features)
+
+    def _logits(self, final: Tensor, features: Tensor) -> Tensor:
+        """``forward_head(final)``, without pooling twice where the inherited head is the head."""
+        if type(self).forward_head is MammothBackbone.forward_head:
+            # The inherited head is the classifier applied to its pre-logits.
+            return cast(Tensor, self.get_classifier()(features))
+        return self.forward_head(final)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Compute the final unpooled output: a feature map, or tokens for a transformer.

@@ -56,6 +56,7 @@ class ContractError(AssertionError):
 
     Attributes:
         results: every rule's outcome, the passing ones included.
+        backbone: the name of the backbone's class, when known.
 
     Example:
         >>> from backbone import ContractError, RuleResult
@@ -65,10 +66,11 @@ class ContractError(AssertionError):
           - an unknown returnt raises ValueError: returned a Tensor
     """
 
-    def __init__(self, results: list[RuleResult]) -> None:
+    def __init__(self, results: list[RuleResult], backbone: str | None = None) -> None:
         self.results = results
+        self.backbone = backbone
         failures = [r for r in results if not r.passed]
-        lines = [f"{len(failures)} of {len(results)} rules broken:"]
+        lines = [f"{backbone + ': ' if backbone else ''}{len(failures)} of {len(results)} rules broken:"]
         lines += [f"  - {r.rule}: {r.detail}" for r in failures]
         super().__init__("\n".join(lines))
 
@@ -141,6 +143,19 @@ class _Checker:
             default = self.net(self.x)
         _tensor(default, "the default returnt", self.batch)
         self.close(default, out, "the default returnt and returnt='out'")
+
+    def rule_out_is_the_head(self) -> None:
+        forward_features = getattr(self.net, "forward_features", None)
+        forward_head = getattr(self.net, "forward_head", None)
+        if not (callable(forward_features) and callable(forward_head)):
+            raise _Skip("the backbone has no forward_features and forward_head")
+        with torch.no_grad():
+            try:
+                final = forward_features(self.x)
+            except NotImplementedError:
+                raise _Skip("the backbone writes its own forward and does not implement forward_features") from None
+            logits = _tensor(forward_head(final), "forward_head(forward_features(x))", self.batch)
+        self.close(logits, self.out(), "forward_head(forward_features(x)) and returnt='out'")
 
     def rule_features(self) -> None:
         self.features()
@@ -249,6 +264,56 @@ class _Checker:
         set_params(flat)
         with torch.no_grad():
             self.close(self.net(self.x, returnt="out"), self.out(), "the logits after set_params(get_params())")
+
+    def rule_params_copied(self) -> None:
+        get_params, set_params = self._method("get_params"), self._method("set_params")
+        vector = self._pattern(self._flat(get_params(), "get_params()").detach())
+        set_params(vector)
+        written = self._each(lambda p: p)
+        with torch.no_grad():
+            vector.add_(1000)
+        self.close(
+            self._each(lambda p: p),
+            written,
+            "the parameters before and after the vector given to set_params(v) changed (set_params must copy v, "
+            "not make the parameters views of it)",
+        )
+
+    def rule_grads_copied(self) -> None:
+        get_grads, set_grads = self._method("get_grads"), self._method("set_grads")
+        vector = self._pattern(self._flat(get_grads(), "get_grads()").detach())
+        set_grads(vector)
+        written = self._each(lambda p: p.grad)
+        with torch.no_grad():
+            vector.add_(1000)
+        self.close(
+            self._each(lambda p: p.grad),
+            written,
+            "the .grad of each parameter before and after the vector given to set_grads(v) changed (set_grads must "
+            "copy v, not make the gradients views of it)",
+        )
+
+    def rule_missing_grads(self) -> None:
+        get_grads = self._method("get_grads")
+        self.net.zero_grad(set_to_none=True)
+        params = list(self.net.parameters())
+        if not params:
+            raise _Skip("the backbone has no parameters")
+        grads = self._flat(get_grads(), "get_grads() with every .grad None").detach().cpu()
+        self.close(grads.double(), torch.zeros_like(grads, dtype=torch.float64), "get_grads() with every .grad None")
+        get_grads_list = getattr(self.net, "get_grads_list", None)
+        if callable(get_grads_list):
+            entries = get_grads_list()
+            _require(
+                isinstance(entries, list) and len(entries) == len(params),
+                "get_grads_list() with every .grad None should give one tensor per parameter, "
+                f"got {_describe(entries)}",
+            )
+            for p, entry in zip(params, entries, strict=True):
+                _require(
+                    isinstance(entry, Tensor) and entry.numel() == p.numel() and not bool(entry.detach().any()),
+                    "get_grads_list() with every .grad None should give zeros for each parameter",
+                )
 
     def rule_params_identity(self) -> None:
         get_params, set_params = self._method("get_params"), self._method("set_params")
@@ -368,6 +433,7 @@ class _Checker:
 
 _RULES: tuple[tuple[str, Callable[[_Checker], None]], ...] = (
     ("returnt='out' gives logits [B, C], the default", _Checker.rule_out),
+    ("returnt='out' equals forward_head(forward_features(x))", _Checker.rule_out_is_the_head),
     ("returnt='features' gives features [B, D]", _Checker.rule_features),
     ("returnt='both' gives (logits, features) that agree", _Checker.rule_both),
     ("returnt='full' gives (logits, [stage outputs]) with the same logits", _Checker.rule_full),
@@ -377,8 +443,11 @@ _RULES: tuple[tuple[str, Callable[[_Checker], None]], ...] = (
     ("feature_dim equals D", _Checker.rule_feature_dim),
     ("set_params(v) writes v in parameters() order and round-trips", _Checker.rule_params_round_trip),
     ("set_params keeps the Parameter objects", _Checker.rule_params_identity),
+    ("set_params(v) copies v: changing v afterwards changes no parameter", _Checker.rule_params_copied),
     ("get_params() is differentiable, laid out like get_grads()", _Checker.rule_params_differentiable),
     ("set_grads(v) writes v into .grad in parameters() order and round-trips", _Checker.rule_grads_round_trip),
+    ("set_grads(v) copies v: changing v afterwards changes no .grad", _Checker.rule_grads_copied),
+    ("get_grads() reads a missing .grad as zeros", _Checker.rule_missing_grads),
     ("to(torch.float64) converts the backbone", _Checker.rule_float64),
     ("set_return_prerelu(True) gives each stage before its activation", _Checker.rule_prerelu),
 )
@@ -542,7 +611,7 @@ def check_backbone(
         for rule, run in _RULES:
             results.append(_run_rule(rule, run, checker))
     if not all(r.passed for r in results):
-        raise ContractError(results)
+        raise ContractError(results, type(net).__name__)
     return results
 
 
@@ -556,6 +625,8 @@ def _check_fits(net: nn.Module, x: Tensor) -> None:
             f"example_input must be a batch the backbone accepts; {type(net).__name__} refused shape "
             f"{tuple(x.shape)} ({x.dtype}): {type(error).__name__}: {error}"
         ) from None
+    except Exception:  # any other error is the backbone's, and each rule reports it
+        pass
 
 
 def _run_rule(rule: str, run: Callable[[_Checker], None], checker: _Checker) -> RuleResult:
@@ -568,5 +639,7 @@ def _run_rule(rule: str, run: Callable[[_Checker], None], checker: _Checker) -> 
     except _Skip as reason:
         return RuleResult(rule, "skip", str(reason))
     except Exception as error:
+        # Whatever the backbone raises is a broken rule, reported with the
+        # original error, never raised past the checker.
         return RuleResult(rule, "fail", f"raised {type(error).__name__}: {error}")
     return RuleResult(rule, "pass")

@@ -195,3 +195,50 @@ class PrereluChangesLogits(TinyNet):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return super().forward_head(x + 1 if getattr(self, "return_prerelu", False) else x, pre_logits)
+
+
+class SetParamsAliases(TinyNet):
+    """Mammoth's set_params: each parameter becomes a view of the vector."""
+
+    def set_params(self, new_params: Tensor) -> None:
+        offset = 0
+        for p in self.parameters():
+            p.data = new_params[offset : offset + p.numel()].view(p.shape)
+            offset += p.numel()
+
+
+class SetGradsAliases(TinyNet):
+    """Each .grad becomes a view of the vector."""
+
+    def set_grads(self, new_grads: Tensor) -> None:
+        offset = 0
+        for p in self.parameters():
+            p.grad = new_grads[offset : offset + p.numel()].view(p.shape)
+            offset += p.numel()
+
+
+class GetGradsNeedsEveryGrad(TinyNet):
+    """Mammoth's get_grads: fails on a parameter whose .grad is None."""
+
+    def get_grads(self) -> Tensor:  # type: ignore[override]
+        return torch.cat([p.grad.view(-1) for p in self.parameters()])  # type: ignore[union-attr]
+
+
+class OutSkipsTheHead(TinyNet):
+    """A head that scales its logits, which 'out' bypasses by applying the classifier itself."""
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        pooled = super().forward_head(x, pre_logits=True)
+        return pooled if pre_logits else 2 * self.classifier(pooled)
+
+    def forward(self, x: Tensor, returnt: str = "out"):  # type: ignore[no-untyped-def, override]
+        if returnt == "out":
+            return self.classifier(self.forward_head(self.forward_features(x), pre_logits=True))
+        return super().forward(x, returnt)  # type: ignore[arg-type]
+
+
+class ForwardTypo(TinyNet):
+    """A forward with a typo: every call raises AttributeError."""
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.stage_1(x)  # type: ignore[no-any-return]

@@ -18,8 +18,20 @@ from backbone import (
 )
 
 RULES = list(CONTRACT_RULES)
-OUT, FEATURES, BOTH, FULL, FEATURES_METHOD, UNKNOWN, CLASSIFIER, FEATURE_DIM = RULES[:8]
-SET_PARAMS, IDENTITY, DIFFERENTIABLE, SET_GRADS, FLOAT64, PRERELU = RULES[8:]
+
+
+def rule(start: str) -> str:
+    """The one rule whose text starts with ``start``."""
+    (found,) = [r for r in RULES if r.startswith(start)]
+    return found
+
+
+OUT, HEAD, FEATURES = rule("returnt='out' gives"), rule("returnt='out' equals"), rule("returnt='features'")
+BOTH, FULL, FEATURES_METHOD = rule("returnt='both'"), rule("returnt='full'"), rule("features(x)")
+UNKNOWN, CLASSIFIER, FEATURE_DIM = rule("an unknown"), rule("classifier("), rule("feature_dim")
+SET_PARAMS, IDENTITY, PARAMS_COPIED = rule("set_params(v) writes"), rule("set_params keeps"), rule("set_params(v) copies")
+DIFFERENTIABLE, SET_GRADS, GRADS_COPIED = rule("get_params() is"), rule("set_grads(v) writes"), rule("set_grads(v) copies")
+MISSING_GRADS, FLOAT64, PRERELU = rule("get_grads() reads"), rule("to(torch"), rule("set_return_prerelu")
 
 
 def assert_all_verified_but_prerelu(results: list[RuleResult]) -> None:
@@ -51,8 +63,8 @@ def test_every_reference_backbone_passes(name: str) -> None:
 
 
 def test_the_rules_are_the_documented_ones() -> None:
-    assert len(set(CONTRACT_RULES)) == len(CONTRACT_RULES) == 14
-    assert CONTRACT_RULES[3] == "returnt='full' gives (logits, [stage outputs]) with the same logits"
+    assert len(set(CONTRACT_RULES)) == len(CONTRACT_RULES) == 18
+    assert CONTRACT_RULES[4] == "returnt='full' gives (logits, [stage outputs]) with the same logits"
 
 
 def test_a_fully_frozen_backbone_passes_with_differentiability_not_verified() -> None:
@@ -84,7 +96,10 @@ def test_a_dropout_backbone_passes_because_rules_run_in_eval_mode() -> None:
 
 
 def test_mammoth_style_subclass_passes() -> None:
-    assert_all_verified_but_prerelu(check_backbone(MammothStyleNet(), torch.randn(3, 8)))
+    results = {r.rule: r.status for r in check_backbone(MammothStyleNet(), torch.randn(3, 8))}
+    assert results.pop(HEAD) == "skip"  # its own forward, no forward_features: the head rule does not apply
+    assert results.pop(PRERELU) == "skip"
+    assert set(results.values()) == {"pass"}
 
 
 @pytest.mark.parametrize(
@@ -101,7 +116,15 @@ def test_mammoth_style_subclass_passes() -> None:
         (broken.ClassifierNotHead(), [CLASSIFIER], "classifier(features) and the logits"),
         (broken.WrongFeatureDim(), [FEATURE_DIM], "feature_dim is 99 but the features have D = 3"),
         (broken.SetParamsIgnored(), [SET_PARAMS], "each parameter after set_params(v) and its slice of v"),
-        (broken.SetParamsHalfWay(), [SET_PARAMS, IDENTITY], "raised RuntimeError: broke half-way"),
+        (broken.SetParamsHalfWay(), [SET_PARAMS, IDENTITY, PARAMS_COPIED], "raised RuntimeError: broke half-way"),
+        (broken.SetParamsAliases(), [PARAMS_COPIED], "set_params must copy v"),
+        (broken.SetGradsAliases(), [GRADS_COPIED], "set_grads must copy v"),
+        (broken.GetGradsNeedsEveryGrad(), [GRADS_COPIED, MISSING_GRADS], "raised AttributeError"),
+        (
+            broken.OutSkipsTheHead(),
+            [HEAD, BOTH, FULL],
+            "forward_head(forward_features(x)) and returnt='out': values differ",
+        ),
         (broken.SetParamsReplacesParameters(), [IDENTITY], "set_params replaced the Parameter objects stage1.weight"),
         (broken.GetParamsDetached(), [DIFFERENTIABLE], "get_params() is detached from the parameters"),
         (broken.ReversedLayout(), [SET_PARAMS, DIFFERENTIABLE, SET_GRADS], "in parameters() order: values differ"),
@@ -132,7 +155,7 @@ def test_every_broken_rule_is_listed_not_only_the_first() -> None:
     with pytest.raises(ContractError) as info:
         check_backbone(ManyBroken(), torch.randn(3, 4))
     message = str(info.value)
-    assert message.startswith(f"3 of {len(CONTRACT_RULES)} rules broken:")
+    assert message.startswith(f"ManyBroken: 3 of {len(CONTRACT_RULES)} rules broken:")
     for rule in (UNKNOWN, FEATURE_DIM, SET_GRADS):
         assert rule in message
     assert len(info.value.results) == len(CONTRACT_RULES)
@@ -244,3 +267,11 @@ def test_rule_result_passed() -> None:
 
 def test_registry_has_no_leftovers_from_doctests() -> None:
     assert "tiny-mlp" not in list_backbones() and "scratch" not in list_backbones()
+
+
+def test_a_backbone_whose_forward_raises_is_a_contract_error_naming_it() -> None:
+    with pytest.raises(ContractError) as info:
+        check_backbone(broken.ForwardTypo(), torch.randn(3, 4))
+    message = str(info.value)
+    assert message.startswith("ForwardTypo: ")
+    assert f"{OUT}: raised AttributeError: " in message and "stage_1" in message
