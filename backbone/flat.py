@@ -93,6 +93,15 @@ def _check_castable(vector: Tensor, dtypes: set[torch.dtype], name: str, what: s
             raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the {what}' {dtype}")
 
 
+def _check_alpha(alpha: float, dtypes: set[torch.dtype]) -> None:
+    """Raise unless ``g.add_(v, alpha=alpha)`` is defined for gradients of every dtype."""
+    for dtype in dtypes:
+        if dtype == torch.bool:
+            raise TypeError("add_grads cannot add into bool gradients; use set_grads")
+        if not (dtype.is_floating_point or dtype.is_complex) and isinstance(alpha, float):
+            raise TypeError(f"alpha must be an int to add into {dtype} gradients, got float {alpha!r}")
+
+
 def _unwritable(t: Tensor) -> tuple[type[Exception], str] | None:
     """Why ``t`` cannot be written in place, element by element, here and now; None when it can."""
     if t.layout != torch.strided:
@@ -126,8 +135,21 @@ def _tracks_version(t: Tensor) -> bool:
 
 
 def _shares_elements(t: Tensor) -> bool:
-    """Whether several elements of the dense tensor ``t`` share one memory location (as after ``expand()``)."""
-    return not t.is_contiguous() and torch._debug_has_internal_overlap(t) == 1
+    """Whether several elements of the dense tensor ``t`` may share one memory location (as after ``expand()``).
+
+    Sorted by stride, each dimension must step past everything the smaller
+    ones reach; a tensor that fails this (``as_strided`` over overlapping
+    windows) is treated as sharing, even in the rare layouts that interleave
+    without touching.
+    """
+    if t.is_contiguous() or t.numel() <= 1:
+        return False
+    reach = 0
+    for stride, size in sorted((st, s) for s, st in zip(t.shape, t.stride(), strict=True) if s > 1):
+        if stride <= reach:
+            return True
+        reach += (size - 1) * stride
+    return False
 
 
 def _check_writable(tensors: list[Tensor | None], what: Callable[[int], str]) -> None:
@@ -229,8 +251,13 @@ def _first_overlap(vector: Tensor, tensors: Sequence[Tensor | None]) -> int | No
     if vector.numel() == 0 or vector.device.type == "meta":
         return None
     low, high = _span(vector)
-    indices = [i for i, t in enumerate(tensors) if t is not None and t.layout == torch.strided]
-    present = [cast(Tensor, tensors[i]) for i in indices]
+    indices, present = [], []
+    for i, t in enumerate(tensors):
+        if t is not None:
+            # A sparse tensor's memory is that of its values and indices.
+            for part in (t,) if t.layout == torch.strided else _sparse_parts(t):
+                indices.append(i)
+                present.append(part)
     # A first pass in C loops: a tensor that starts at or after the vector's
     # end cannot reach it (strides are never negative), nor can a contiguous
     # one that ends at or before its start.
@@ -241,6 +268,16 @@ def _first_overlap(vector: Tensor, tensors: Sequence[Tensor | None]) -> int | No
         if low < end and start < high and present[j].device == vector.device:
             return indices[j]
     return None
+
+
+def _sparse_parts(t: Tensor) -> tuple[Tensor, ...]:
+    if t.layout == torch.sparse_coo:
+        return (t._values(), t._indices())
+    if t.layout in (torch.sparse_csr, torch.sparse_bsr):
+        return (t.values(), t.crow_indices(), t.col_indices())
+    if t.layout in (torch.sparse_csc, torch.sparse_bsc):
+        return (t.values(), t.ccol_indices(), t.row_indices())
+    return ()
 
 
 # --- copies ----------------------------------------------------------------
@@ -268,8 +305,23 @@ def _copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
     cannot (mixed dtypes or devices, the CPU) torch falls back to one
     ``copy_`` per pair, in order.
     """
-    if destinations:
-        torch._foreach_copy_(destinations, sources)
+    if not destinations:
+        return
+    if any(t.is_conj() or t.is_neg() for t in (*destinations, *sources)):
+        # The multi-tensor copy refuses conjugate and negative views; copy_ resolves them.
+        for d, s in zip(destinations, sources, strict=True):
+            d.copy_(s)
+        return
+    torch._foreach_copy_(destinations, sources)
+
+
+def _add_all(destinations: list[Tensor], sources: list[Tensor], alpha: float) -> None:
+    """``d.add_(s, alpha=alpha)`` for every pair, in as few kernel launches as torch allows."""
+    if any(t.is_conj() or t.is_neg() for t in (*destinations, *sources)):
+        for d, s in zip(destinations, sources, strict=True):
+            d.add_(s, alpha=alpha)
+        return
+    torch._foreach_add_(destinations, sources, alpha=alpha)
 
 
 def _fill(pieces: list[Tensor], sources: list[Tensor | None]) -> None:
@@ -534,7 +586,9 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0) -> None:
     """
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
-    _write_grads(module, vector, "vector", float(alpha))
+    if isinstance(alpha, int) and not -(2**63) <= alpha < 2**63:
+        raise ValueError(f"alpha must fit in 64 bits, got {alpha}")
+    _write_grads(module, vector, "vector", alpha)
 
 
 def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | None) -> None:
@@ -550,6 +604,8 @@ def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | No
             )
     _check_grads(names, params, grads)
     _check_castable(source, set(map(_dtype, params)), name, "parameters")
+    if alpha is not None:
+        _check_alpha(alpha, set(map(_dtype, params)))
     _check_writable(grads, lambda i: f"the gradient of parameter {names[i]!r}")
     if _first_overlap(source, grads) is not None:
         source = source.clone()
@@ -567,7 +623,7 @@ def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | No
         if alpha is None:
             _copy_all(destinations, sources)
         elif destinations:
-            torch._foreach_add_(destinations, sources, alpha=alpha)
+            _add_all(destinations, sources, alpha)
     for p, grad in created:
         p.grad = grad
 
@@ -631,10 +687,10 @@ def _fused(params: list[nn.Parameter]) -> bool:
 def _owned_flat(t: Tensor) -> Tensor:
     """A fresh 1-D copy of ``t``'s dense value, whatever its strides.
 
-    A copy into new memory, rather than ``reshape`` or ``clone``, which may
-    return a view or keep odd strides, and which fail on a gradient that
-    ``module.to()`` converted out of an inference tensor (it has no version
-    counter, but ``copy_`` can still read it).
+    A contiguous clone, rather than ``reshape`` (sometimes a view) or a view
+    of the gradient, which fails on a gradient that ``module.to()``
+    converted out of an inference tensor (it has no version counter).
     """
-    flat = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-    return flat.copy_(_dense(t)).view(-1)
+    if t.layout != torch.strided:
+        return t.to_dense().view(-1)
+    return t.clone(memory_format=torch.contiguous_format).view(-1)

@@ -276,44 +276,42 @@ def _walk_slots(module: nn.Module) -> tuple[list[str], list[nn.Parameter]] | Non
     prefix as it goes, which costs more than the copy of a small parameter.
     This is the same walk as a plain loop, with the same memo sets (a
     module or parameter already seen is skipped), valid only while every
-    method it stands for is torch's own: the root's ``named_parameters``
-    and ``_named_members``, and each visited module's ``named_modules``.
-    Otherwise the module's own ``named_parameters()`` is used.
+    method it stands for is torch's own, on the class and on the instance:
+    the root's ``named_parameters`` and ``_named_members``, and each
+    visited module's ``named_modules``. Otherwise the module's own
+    ``named_parameters()`` is used.
     """
     root = type(module)
-    if root.named_parameters is not _NAMED_PARAMETERS or root._named_members is not _NAMED_MEMBERS:
+    if (
+        root.named_parameters is not _NAMED_PARAMETERS
+        or root._named_members is not _NAMED_MEMBERS
+        or "named_parameters" in vars(module)
+        or "_named_members" in vars(module)
+    ):
         return None
     names: list[str] = []
     params: list[nn.Parameter] = []
-    return (names, params) if _visit(module, "", names, params, set(), set()) else None
-
-
-def _visit(
-    m: nn.Module,
-    prefix: str,
-    names: list[str],
-    params: list[nn.Parameter],
-    seen_modules: set[nn.Module],
-    seen_params: set[nn.Parameter],
-) -> bool:
-    """Add ``m``'s parameters, then its children's, as ``named_modules`` orders them; False where a class
-    redefines ``named_modules``. (A plain function, not a closure: a closure that calls itself is a
-    reference cycle, and it would keep the modules in its sets alive until the next garbage collection.)"""
-    if type(m).named_modules is not _NAMED_MODULES:
-        return False
-    if m in seen_modules:
-        return True
-    seen_modules.add(m)
-    dot = prefix + "." if prefix else ""
-    for key, p in m._parameters.items():
-        if p is not None and p not in seen_params:
-            seen_params.add(p)
-            names.append(dot + key)
-            params.append(p)
-    return all(
-        child is None or _visit(child, dot + key, names, params, seen_modules, seen_params)
-        for key, child in m._modules.items()
-    )
+    seen_modules: set[nn.Module] = set()
+    seen_params: set[nn.Parameter] = set()
+    # Depth first with a stack rather than recursion, so that no nesting is
+    # too deep; a module is looked at when it is taken off the stack, which
+    # visits them in the order the recursive walk does.
+    stack = [(module, "")]
+    while stack:
+        m, prefix = stack.pop()
+        if type(m).named_modules is not _NAMED_MODULES or "named_modules" in vars(m):
+            return None
+        if m in seen_modules:
+            continue
+        seen_modules.add(m)
+        dot = prefix + "." if prefix else ""
+        for key, p in m._parameters.items():
+            if p is not None and p not in seen_params:
+                seen_params.add(p)
+                names.append(dot + key)
+                params.append(p)
+        stack.extend((child, dot + key) for key, child in reversed(m._modules.items()) if child is not None)
+    return names, params
 
 
 _NAMED_PARAMETERS = nn.Module.named_parameters

@@ -29,8 +29,16 @@ def rule(start: str) -> str:
 OUT, HEAD, FEATURES = rule("returnt='out' gives"), rule("returnt='out' equals"), rule("returnt='features'")
 BOTH, FULL, FEATURES_METHOD = rule("returnt='both'"), rule("returnt='full'"), rule("features(x)")
 UNKNOWN, CLASSIFIER, FEATURE_DIM = rule("an unknown"), rule("classifier("), rule("feature_dim")
-SET_PARAMS, IDENTITY, PARAMS_COPIED = rule("set_params(v) writes"), rule("set_params keeps"), rule("set_params(v) copies")
-DIFFERENTIABLE, SET_GRADS, GRADS_COPIED = rule("get_params() is"), rule("set_grads(v) writes"), rule("set_grads(v) copies")
+SET_PARAMS, IDENTITY, PARAMS_COPIED = (
+    rule("set_params(v) writes"),
+    rule("set_params keeps"),
+    rule("set_params(v) copies"),
+)
+DIFFERENTIABLE, SET_GRADS, GRADS_COPIED = (
+    rule("get_params() is"),
+    rule("set_grads(v) writes"),
+    rule("set_grads(v) copies"),
+)
 MISSING_GRADS, FLOAT64, PRERELU = rule("get_grads() reads"), rule("to(torch"), rule("set_return_prerelu")
 
 

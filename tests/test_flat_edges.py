@@ -190,3 +190,66 @@ def test_xavier_on_a_layer_without_elements_zeroes_the_bias() -> None:
     backbone.xavier(layer)
     assert torch.equal(layer.bias, torch.zeros(3))
     backbone.xavier(nn.Linear(0, 0))
+
+
+# --- found by red-teaming the flat operations ----------------------------------
+
+
+def test_out_over_a_sparse_gradients_values_is_refused() -> None:
+    e = nn.Embedding(2, 2, sparse=True)
+    e(torch.tensor([0, 1])).sum().backward()
+    values = e.weight.grad._values()
+    before = values.clone()
+    with pytest.raises(ValueError, match="overlaps the gradient of parameter 'weight'"):
+        backbone.get_params(e, out=values.view(-1))
+    assert torch.equal(values, before)
+
+
+def test_add_grads_into_integer_gradients_takes_an_int_alpha_and_refuses_a_float_one() -> None:
+    m = nn.Module()
+    m.a = nn.Parameter(torch.zeros(2))
+    m.b = nn.Parameter(torch.zeros(2, dtype=torch.long), requires_grad=False)
+    m.a.grad, m.b.grad = torch.zeros(2), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(TypeError, match="alpha must be an int to add into torch.int64 gradients"):
+        backbone.add_grads(m, torch.ones(4, dtype=torch.long), alpha=1.5)
+    assert not m.a.grad.any()  # nothing written before the refusal
+    backbone.add_grads(m, torch.ones(4, dtype=torch.long), alpha=2)
+    assert m.a.grad.tolist() == [2.0, 2.0] and m.b.grad.tolist() == [2, 2]
+
+
+def test_an_alpha_too_large_for_torch_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="alpha must fit in 64 bits"):
+        backbone.add_grads(nn.Linear(1, 1), torch.ones(2), alpha=10**400)
+
+
+@pytest.mark.parametrize("view", ["conj", "neg"])
+def test_conjugate_and_negative_views_are_written_as_copy_does(view: str) -> None:
+    m = nn.Module()
+    m.p = nn.Parameter(torch.zeros(2, dtype=torch.cfloat))
+    m.p.data = m.p.data.conj() if view == "conj" else torch._neg_view(m.p.data)
+    value = torch.tensor([1 + 2j, 3 - 4j])
+    backbone.set_params(m, value)
+    assert torch.equal(m.p.detach().resolve_conj().resolve_neg(), value)
+    backbone.set_grads(m, value)
+    backbone.add_grads(m, value)
+    assert torch.equal(m.p.grad, 2 * value)
+    assert torch.equal(backbone.get_params(m).detach(), value)
+
+
+def test_a_parameter_over_overlapping_windows_is_refused_with_nothing_written() -> None:
+    m = nn.Module()
+    buffer = torch.zeros(5)
+    m.p = nn.Parameter(torch.zeros(3, 3))
+    m.p.data = buffer.as_strided((3, 3), (1, 1))  # rows overlap: elements share memory without a zero stride
+    with pytest.raises(ValueError, match="cannot be written element by element"):
+        backbone.set_params(m, torch.arange(9.0))
+    assert not buffer.any()
+
+
+def test_a_strided_parameter_that_shares_nothing_is_written() -> None:
+    m = nn.Module()
+    buffer = torch.zeros(12)
+    m.p = nn.Parameter(torch.zeros(3, 2))
+    m.p.data = buffer.as_strided((3, 2), (4, 2))  # every other element of each row, rows apart
+    backbone.set_params(m, torch.arange(1.0, 7.0))
+    assert torch.equal(m.p.detach(), torch.arange(1.0, 7.0).view(3, 2))

@@ -116,3 +116,26 @@ def test_flat_layout_describes_where_get_params_puts_each_parameter(case: Case) 
     for entry, (name, p) in zip(layout, case.module.named_parameters(), strict=True):
         assert entry.name == name and entry.shape == tuple(p.shape) and entry.dtype == p.dtype
         assert torch.equal(layout.view(vector, name), p.detach().to(vector.dtype))
+
+
+def test_a_very_deep_model_is_walked() -> None:
+    root = current = nn.Module()
+    for _ in range(3000):  # deeper than Python's recursion limit allows a recursive walk
+        current.child = nn.Module()
+        current = current.child
+    current.p = nn.Parameter(torch.ones(1))
+    names, params = walk(root)
+    assert len(params) == 1 and names[0].count("child") == 3000
+    assert backbone.get_params(root).tolist() == [1.0]
+
+
+@pytest.mark.parametrize("method", ["named_parameters", "named_modules"])
+def test_an_override_set_on_the_instance_is_asked(method: str) -> None:
+    net = nn.Sequential(nn.Linear(2, 1))
+    if method == "named_parameters":
+        net.named_parameters = lambda *args, **kwargs: iter([("0.weight", net[0].weight)])  # type: ignore[method-assign]
+    else:
+        child = net[0]
+        child.named_modules = lambda memo=None, prefix="", remove_duplicate=True: iter([])  # type: ignore[method-assign]
+    assert_same_walk(net)
+    assert [e.name for e in backbone.flat_layout(net)] == [n for n, _ in net.named_parameters()]
