@@ -210,7 +210,7 @@ def test_add_grads_into_integer_gradients_takes_an_int_alpha_and_refuses_a_float
     m.a = nn.Parameter(torch.zeros(2))
     m.b = nn.Parameter(torch.zeros(2, dtype=torch.long), requires_grad=False)
     m.a.grad, m.b.grad = torch.zeros(2), torch.zeros(2, dtype=torch.long)
-    with pytest.raises(TypeError, match="alpha must be an int to add into torch.int64 gradients"):
+    with pytest.raises(TypeError, match=r"alpha must be an int to add into torch\.int64 gradients"):
         backbone.add_grads(m, torch.ones(4, dtype=torch.long), alpha=1.5)
     assert not m.a.grad.any()  # nothing written before the refusal
     backbone.add_grads(m, torch.ones(4, dtype=torch.long), alpha=2)
