@@ -14,6 +14,7 @@ both.
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
@@ -45,13 +46,30 @@ def _load(model: nn.Module, checkpoint: Checkpoint) -> None:
     model.load_state_dict(state)
 
 
-def _refuse_downloads(kwargs: Mapping[str, Any], keys: Sequence[str]) -> None:
+def _refuse_downloads(kwargs: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """``kwargs`` without ``keys``, refusing any of them that asks for weights (None and False ask for none)."""
     for key in keys:
-        if kwargs.get(key) not in (None, False):
+        if kwargs.get(key) is not None and kwargs.get(key) is not False:
             raise ValueError(
                 f"{key}={kwargs[key]!r} would download weights, and this package never downloads: pass the "
                 "local file (or state dict) as checkpoint= instead"
             )
+    return {key: value for key, value in kwargs.items() if key not in keys}
+
+
+def _check_name(name: str, known: Sequence[str], library: str) -> None:
+    """Raise ValueError for a hub name (it would download) or a name ``known`` lacks, listing close matches."""
+    if name.split(":", 1)[0].strip().lower() in ("hf-hub", "hf_hub") and ":" in name:
+        raise ValueError(
+            f"{name!r} names a model on the Hugging Face hub, and this package never downloads: build the "
+            "architecture by its timm name and pass the weights, saved locally, as checkpoint="
+        )
+    # A timm name may carry a pretrained tag ("resnet18.a1_in1k"); the architecture is before the dot.
+    architecture = name.split(".", 1)[0] if library == "timm" else name
+    if architecture not in known:
+        close = difflib.get_close_matches(architecture, known, n=5)
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ValueError(f"unknown {library} model {name!r}{hint}")
 
 
 def _import(name: str) -> Any:
@@ -250,7 +268,10 @@ def from_timm(model: str | nn.Module, *, checkpoint: Checkpoint = None, **kwargs
 
     Raises:
         ImportError: timm is not installed.
-        ValueError: ``pretrained=True`` is asked for (that would download).
+        ValueError: ``pretrained=True`` is asked for, or a hub name
+            (``hf-hub:...``) is given (either would download), or timm has
+            no model of that name (the message lists close matches).
+            ``pretrained=False`` and ``pretrained=None`` are accepted.
         TypeError: ``model`` is neither a name nor a timm model, or kwargs
             are given with an instance.
 
@@ -265,9 +286,10 @@ def from_timm(model: str | nn.Module, *, checkpoint: Checkpoint = None, **kwargs
         ...
         ValueError: pretrained=True would download weights, and this package never downloads: ...
     """
-    _refuse_downloads(kwargs, ("pretrained",))
+    kwargs = _refuse_downloads(kwargs, ("pretrained",))
     if isinstance(model, str):
         timm = _import("timm")
+        _check_name(model, timm.list_models(), "timm")
         model = timm.create_model(model, pretrained=False, **kwargs)
     elif kwargs:
         raise TypeError(f"keyword arguments build a model from a name; got an instance and {sorted(kwargs)}")
@@ -549,7 +571,9 @@ def from_torchvision(model: str | nn.Module, *, checkpoint: Checkpoint = None, *
 
     Raises:
         ImportError: torchvision is not installed.
-        ValueError: ``weights`` are asked for (that would download).
+        ValueError: ``weights`` are asked for (that would download), or
+            torchvision has no model of that name (the message lists close
+            matches). ``weights=None`` is accepted.
         TypeError: the model's family is not supported, or kwargs are given
             with an instance.
 
@@ -560,9 +584,10 @@ def from_torchvision(model: str | nn.Module, *, checkpoint: Checkpoint = None, *
         >>> all(r.passed for r in check_backbone(net, torch.randn(2, 3, 64, 64)))
         True
     """
-    _refuse_downloads(kwargs, ("weights", "pretrained"))
+    kwargs = _refuse_downloads(kwargs, ("weights", "pretrained"))
     if isinstance(model, str):
         tv = _import("torchvision")
+        _check_name(model, tv.models.list_models(), "torchvision")
         model = tv.models.get_model(model, weights=None, **kwargs)
     elif kwargs:
         raise TypeError(f"keyword arguments build a model from a name; got an instance and {sorted(kwargs)}")

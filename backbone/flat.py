@@ -26,10 +26,10 @@ vector, every destination and every memory overlap, and only then copies.
 The module keeps no trace of a call, so a model is freed as soon as it is
 unreachable, and a change to it between calls (a parameter replaced,
 reshaped, moved, converted, made read-only) is always seen.
-
-The module reads in layers: the checks, the memory overlaps, the copies,
-then the public functions.
 """
+
+# The module reads in layers: the checks, the memory overlaps, the copies,
+# then the public functions.
 
 from __future__ import annotations
 

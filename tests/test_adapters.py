@@ -258,3 +258,34 @@ def test_adapted_models_grow_like_the_reference_backbones(make) -> None:  # type
         after = net(x)
     assert after.shape == (2, 5) and net.num_classes == 5 and net.get_classifier().weight is weight
     torch.testing.assert_close(after[:, :3], before, rtol=1e-6, atol=1e-6)
+
+
+def test_asking_for_no_weights_explicitly_is_accepted() -> None:
+    for kwargs in ({"pretrained": False}, {"pretrained": None}):
+        assert from_timm("resnet18", num_classes=3, **kwargs).num_classes == 3
+    assert from_torchvision("resnet18", weights=None, num_classes=3).num_classes == 3
+
+
+@pytest.mark.parametrize("name", ["hf-hub:timm/resnet18.a1_in1k", "hf_hub:timm/resnet18.a1_in1k"])
+def test_a_hub_name_is_refused_before_any_network_call(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    with pytest.raises(ValueError, match="names a model on the Hugging Face hub, and this package never downloads"):
+        from_timm(name)
+
+
+@pytest.mark.parametrize(
+    ("make", "name", "close"),
+    [(from_timm, "resnet81", "resnet18"), (from_torchvision, "resnet_18", "resnet18")],
+)
+def test_an_unknown_name_is_a_value_error_with_close_matches(make, name: str, close: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match=r"unknown \w+ model .*close matches: .*" + close):
+        make(name)
+
+
+def test_a_timm_name_with_a_pretrained_tag_builds_the_architecture() -> None:
+    assert from_timm("resnet18.a1_in1k", num_classes=4).num_classes == 4
