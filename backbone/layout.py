@@ -211,7 +211,7 @@ def flat_layout(module: nn.Module) -> FlatLayout:
 def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
     """The names and parameters of ``module`` in flat-vector order, as they are now.
 
-    This is the one walk behind every flat vector: :func:`flat_layout` and
+    This is the one walk behind every flat vector: :func:`~backbone.flat_layout` and
     every flat operation (:func:`~backbone.get_params` and the rest) call it,
     on every call, and keep nothing. It is ``module.named_parameters()``
     (depth first, each tied parameter once, frozen ones included), refusing

@@ -50,6 +50,7 @@ TORCH: list[tuple[str, str, str]] = [
     ("torch.nn.Module", "py:class", "generated/torch.nn.Module.html#$"),
     ("torch.nn.modules.module.Module", "py:class", "generated/torch.nn.Module.html#torch.nn.Module"),
     ("torch.nn.Module.to", "py:method", "generated/torch.nn.Module.html#$"),
+    ("torch.nn.parameter.Parameter", "py:class", "generated/torch.nn.parameter.Parameter.html#$"),
     ("torch.nn.Linear", "py:class", "generated/torch.nn.Linear.html#$"),
     ("torch.nn.modules.linear.Linear", "py:class", "generated/torch.nn.Linear.html#torch.nn.Linear"),
     ("torch.nn.LazyLinear", "py:class", "generated/torch.nn.LazyLinear.html#$"),
