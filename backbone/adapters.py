@@ -137,6 +137,14 @@ class TimmBackbone(_Wrapper):
         for name in ("forward_features", "forward_head", "get_classifier", "reset_classifier"):
             if not callable(getattr(model, name, None)):
                 raise TypeError(f"expected a timm model (with {name}()), got {type(model).__name__}")
+        heads = cast(Any, model).get_classifier()
+        if isinstance(heads, tuple):
+            raise TypeError(
+                f"{type(model).__name__} has {len(heads)} classifier heads (a distilled model "
+                "averages the logits of two heads over two tokens), so no one classifier maps its features to its "
+                "logits, as the backbone contract requires; use the model without distillation (for example "
+                "'deit_tiny_patch16_224' for 'deit_tiny_distilled_patch16_224')"
+            )
         super().__init__(model)
         self.feature_dim = int(cast(Any, getattr(model, "head_hidden_size", None) or model.num_features))
         self.feature_info = [
@@ -208,6 +216,26 @@ class TimmBackbone(_Wrapper):
             True
         """
         return cast(nn.Module, self.model.get_classifier())
+
+    @property
+    def classifier(self) -> nn.Module:  # type: ignore[override]
+        """What maps the features ``[B, D]`` to the logits: the model's classifier, made to take ``[B, D]``.
+
+        For most models this is ``get_classifier()`` itself. A model whose
+        classifier is a 1x1 convolution (``dla34``, ``dpn68``) classifies a
+        pooled ``[B, D, 1, 1]`` map; its ``classifier`` applies that
+        convolution to the features as such a map and flattens the result,
+        with the convolution's own parameters.
+
+        Example:
+            >>> import torch
+            >>> from backbone import from_timm
+            >>> net = from_timm("dla34", num_classes=5)
+            >>> type(net.get_classifier()).__name__, net.classifier(torch.zeros(2, net.feature_dim)).shape
+            ('Conv2d', torch.Size([2, 5]))
+        """
+        head = self.get_classifier()
+        return _PointwiseClassifier(head) if isinstance(head, nn.Conv2d) else head
 
     def reset_classifier(self, num_classes: int) -> None:
         """Call the model's ``reset_classifier(num_classes)``, after checking ``num_classes``.
@@ -297,6 +325,17 @@ def from_timm(model: str | nn.Module, *, checkpoint: Checkpoint = None, **kwargs
         raise TypeError(f"model must be a timm model name or a timm model, got {type(model).__name__}")
     _load(model, checkpoint)
     return TimmBackbone(model)
+
+
+class _PointwiseClassifier(nn.Module):
+    """A 1x1 convolution applied to features ``[B, D]`` as to a ``[B, D, 1, 1]`` map, flattened."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        return cast(Tensor, self.conv(x[:, :, None, None]).flatten(1))
 
 
 # --- torchvision --------------------------------------------------------------

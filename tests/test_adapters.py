@@ -289,3 +289,20 @@ def test_an_unknown_name_is_a_value_error_with_close_matches(make, name: str, cl
 
 def test_a_timm_name_with_a_pretrained_tag_builds_the_architecture() -> None:
     assert from_timm("resnet18.a1_in1k", num_classes=4).num_classes == 4
+
+
+@pytest.mark.parametrize("name", ["dla34", "dpn68"])
+def test_a_model_whose_classifier_is_a_1x1_convolution_passes_the_checker(name: str) -> None:
+    net = from_timm(name, num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    assert all(r.passed for r in check_backbone(net, x))
+    with torch.no_grad():
+        logits, features = net(x, returnt="both")
+        torch.testing.assert_close(net.classifier(features), logits)
+        torch.testing.assert_close(logits, net.model(x))
+    assert isinstance(net.get_classifier(), nn.Conv2d)  # timm's meaning kept
+
+
+def test_a_distilled_two_head_model_is_refused_at_construction() -> None:
+    with pytest.raises(TypeError, match=r"has 2 classifier heads .* use the model without distillation"):
+        from_timm("deit_tiny_distilled_patch16_224", num_classes=5)
