@@ -30,8 +30,13 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
     Pass ``optimizer`` to carry its per-parameter state across: every state
     tensor shaped like the old weight or bias (Adam's and AdamW's moments,
     SGD's momentum buffer, ...) grows with zeros for the new units; scalars
-    such as Adam's ``step`` are kept. The old units then step exactly as they
-    would have without the growth.
+    such as Adam's ``step`` are kept. With torch's for-loop and ``foreach``
+    implementations the old units then step exactly as they would have
+    without the growth; with ``fused=True`` kernels, which vectorise over a
+    tensor's length, they may differ in the last bit. An optimizer whose
+    state for the classifier holds any other tensor (Adafactor's factored
+    second moments, statistics over several units at once) is refused before
+    anything changes.
 
     Args:
         net: the backbone (or any module with a linear classifier).
@@ -42,8 +47,8 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
 
     Raises:
         TypeError: the classifier is not a :class:`torch.nn.Linear`,
-            ``num_classes`` is not an int, or ``optimizer`` is not an
-            optimizer.
+            ``num_classes`` is not an int, ``optimizer`` is not an
+            optimizer, or its state for the classifier cannot be carried.
         ValueError: ``num_classes`` is smaller than the current number
             (shrinking would drop trained units).
 
@@ -83,6 +88,11 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if num_classes == old:
         return
+    if optimizer is not None:
+        for name in ("weight", "bias"):
+            param = getattr(classifier, name)
+            if param is not None:
+                _check_state(optimizer, param, name)
     fresh = nn.Linear(
         classifier.in_features,
         num_classes,
@@ -122,6 +132,22 @@ def _grow_rows(t: Tensor, rows: int) -> Tensor:
     grown = t.new_zeros((rows, *t.shape[1:]))
     grown[: t.shape[0]] = t
     return grown
+
+
+def _check_state(optimizer: torch.optim.Optimizer, param: Tensor, name: str) -> None:
+    """Refuse an optimizer whose state for ``param`` holds a tensor that is neither a scalar nor shaped like it.
+
+    Such a tensor is a statistic over several units at once (Adafactor's
+    factored row and column second moments): it cannot grow with zeros for
+    the new units without changing how the old ones step.
+    """
+    for key, value in (optimizer.state.get(param) or {}).items():
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
+            raise TypeError(
+                f"{type(optimizer).__name__} keeps state {key!r} of shape {tuple(value.shape)} for the classifier's "
+                f"{name} of shape {tuple(param.shape)}; only state shaped like the parameter (or scalars) can be "
+                "carried across growth: grow without optimizer= and build a new optimizer"
+            )
 
 
 def _grow_state(optimizer: torch.optim.Optimizer, param: Tensor, old: int, new: int) -> None:

@@ -109,6 +109,17 @@ def fsdp1_like() -> nn.Module:
     return net
 
 
+def adafactor_after_a_step() -> nn.Module:
+    """A net with an optimizer whose state for the classifier's weight is factored into row and column statistics."""
+    net = TinyNet()
+    net.optimizer = torch.optim.Adafactor(net.parameters(), lr=0.01)
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    net.optimizer.step()
+    net.zero_grad(set_to_none=True)
+    return net
+
+
 def stale_gradient() -> nn.Module:
     """A parameter whose data was replaced by another shape after its gradient was made."""
     net = TinyNet()
@@ -272,6 +283,7 @@ MATRIX = [
     Bad("take_indices/type", lambda n: backbone.feature_take_indices(5, "1"), TypeError, "indices must be None, an int or a sequence of ints"),
     Bad("take_indices/item", lambda n: backbone.feature_take_indices(5, [1.0]), TypeError, "indices must be ints"),
     Bad("grow/shrink", lambda n: n.grow_classifier(1), ValueError, "(growing only), got"),
+    Bad("grow/factored-optimizer-state", lambda n: n.grow_classifier(5, optimizer=n.optimizer), TypeError, "only state shaped like the parameter (or scalars) can be carried", adafactor_after_a_step),
     Bad("grow/type", lambda n: n.grow_classifier(3.0), TypeError, "num_classes must be an int"),
     Bad("grow/optimizer", lambda n: n.grow_classifier(4, optimizer="adam"), TypeError, "optimizer must be a torch.optim.Optimizer"),
     Bad("grow/non-linear-head", lambda n: n.grow_classifier(4), TypeError, "needs a torch.nn.Linear classifier", lambda: SequentialHead()),

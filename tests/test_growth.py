@@ -223,3 +223,18 @@ def test_the_function_and_the_method_are_the_same_growth() -> None:
     torch.manual_seed(1)
     grow_classifier(b, 4)
     assert torch.equal(a.get_params(), b.get_params())
+
+
+def test_an_optimizer_with_factored_state_is_refused_before_anything_changes() -> None:
+    torch.manual_seed(0)
+    net = MNISTMLP(6, 3, hidden_size=5)
+    optimizer = torch.optim.Adafactor(net.parameters(), lr=0.01)
+    train(net, optimizer, steps=2, classes=3, seed=1)
+    weight = net.classifier.weight
+    before = (weight.detach().clone(), {k: v.clone() for k, v in optimizer.state[weight].items()})
+    with pytest.raises(TypeError, match=r"Adafactor keeps state 'row_var' of shape \(3, 1\)"):
+        net.grow_classifier(5, optimizer=optimizer)
+    assert net.classifier.out_features == 3 and torch.equal(weight, before[0])
+    assert all(torch.equal(optimizer.state[weight][k], v) for k, v in before[1].items())
+    net.grow_classifier(5)  # without the optimizer, the growth itself works
+    assert net.classifier.weight.shape == (5, 5)
