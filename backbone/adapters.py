@@ -22,7 +22,8 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from .base import MammothBackbone, _check_num_classes, _check_output_fmt, feature_take_indices
+from ._checks import check_module, check_num_classes, check_output_fmt
+from .base import MammothBackbone, feature_take_indices
 
 __all__ = ["TimmBackbone", "TorchvisionBackbone", "from_timm", "from_torchvision"]
 
@@ -87,8 +88,7 @@ class _Wrapper(MammothBackbone):
     model: Any  # the wrapped model; Any, since each family has its own attributes
 
     def __init__(self, model: nn.Module) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"expected a torch.nn.Module to wrap, got {type(model).__name__}")
+        check_module(model, " to wrap")
         super().__init__()
         self.model = model
 
@@ -247,7 +247,7 @@ class TimmBackbone(_Wrapper):
             >>> net.num_classes, net.model.fc.out_features
             (3, 3)
         """
-        _check_num_classes(num_classes)
+        check_num_classes(num_classes)
         self.model.reset_classifier(num_classes)
 
     def grow_classifier(self, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -499,7 +499,7 @@ class TorchvisionBackbone(_Wrapper):
         """
         if self._family != "vit":
             return super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
-        _check_output_fmt(output_fmt, ("NCHW", "NLC"))
+        check_output_fmt(output_fmt, ("NCHW", "NLC"))
         feature_take_indices(len(self.feature_info), indices)  # checks indices before any work
         final, blocks = cast(
             "tuple[Tensor, list[Tensor]]", super().forward_intermediates(x, indices, False, stop_early, "NCHW", False)

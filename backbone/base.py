@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from . import flat
+from ._checks import check_num_classes, check_output_fmt
+from .growth import grow_classifier
 
 __all__ = ["RETURN_TYPES", "BackboneOutput", "MammothBackbone", "ReturnType", "check_returnt", "feature_take_indices"]
 
@@ -125,29 +127,23 @@ def feature_take_indices(num_features: int, indices: int | Sequence[int] | None 
     return take, max(take)
 
 
-def _check_num_classes(num_classes: object, *, at_least: int = 0) -> None:
-    """The check every classifier change makes: an int, at least ``at_least`` (0 means no classifier)."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 0:
-        raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
-    if num_classes < at_least:
-        raise ValueError(f"num_classes must be at least the current {at_least} (growing only), got {num_classes}")
-
-
-def _check_output_fmt(output_fmt: str, supported: tuple[str, ...]) -> None:
-    if output_fmt not in supported:
-        raise ValueError(f"output_fmt must be one of {', '.join(map(repr, supported))}, got {output_fmt!r}")
-
-
-def _forward_stages(
+def forward_stages(
     x: Tensor,
     stages: Sequence[Callable[[Tensor], Tensor]],
     indices: int | Sequence[int] | None,
     stop_early: bool,
     intermediates_only: bool,
 ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
-    """``forward_intermediates`` for a backbone that is a chain of stages, with timm's meanings."""
+    """``forward_intermediates`` for a backbone that is a chain of stages, with timm's meanings.
+
+    Example:
+        >>> import torch
+        >>> from backbone.base import forward_stages
+        >>> stages = [lambda t: t + 1, lambda t: 2 * t]
+        >>> final, taken = forward_stages(torch.zeros(1), stages, None, False, False)
+        >>> final.tolist(), [t.tolist() for t in taken]
+        ([2.0], [[1.0], [2.0]])
+    """
     take, last = feature_take_indices(len(stages), indices)
     wanted = set(take)
     intermediates = []
@@ -482,7 +478,7 @@ class MammothBackbone(nn.Module):
             raise NotImplementedError(
                 f"{type(self).__name__} has no feature_info: list its stages there, or override forward_intermediates"
             )
-        _check_output_fmt(output_fmt, ("NCHW",))
+        check_output_fmt(output_fmt, ("NCHW",))
         take, last = feature_take_indices(len(info), indices)
         modules = [self.get_submodule(entry["module"]) for entry in info]
         outputs: dict[int, Tensor] = {}
@@ -549,7 +545,7 @@ class MammothBackbone(nn.Module):
             >>> net.num_classes, net.get_classifier().out_features
             (100, 100)
         """
-        _check_num_classes(num_classes)
+        check_num_classes(num_classes)
         try:
             old: nn.Module | None = self.get_classifier()
         except NotImplementedError:
@@ -586,8 +582,6 @@ class MammothBackbone(nn.Module):
             >>> net.num_classes, net(torch.zeros(1, 4)).shape
             (4, torch.Size([1, 4]))
         """
-        from .growth import grow_classifier
-
         grow_classifier(self, num_classes, optimizer=optimizer)
 
     def init_classifier(self, classifier: nn.Linear) -> None:

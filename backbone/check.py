@@ -11,7 +11,7 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
-from .wrappers import _compiled_original
+from .wrappers import compiled_original
 
 __all__ = ["CONTRACT_RULES", "ContractError", "RuleResult", "check_backbone"]
 
@@ -598,7 +598,7 @@ def check_backbone(
     # A compiled module computes what its original does (the compile tests
     # check that); checking the original avoids a recompile per returnt, mode
     # and dtype, which would exhaust dynamo's recompile limit.
-    original = _compiled_original(net)
+    original = compiled_original(net)
     net = net if original is None else original
     results = []
     # The rules need autograd: run them as normal code, even when called

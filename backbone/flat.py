@@ -63,7 +63,13 @@ def _result_dtype(params: list[nn.Parameter]) -> torch.dtype:
     """The dtype ``torch.cat`` of the parameters would have."""
     if not params:
         return torch.get_default_dtype()
-    dtype: torch.dtype = functools.reduce(torch.promote_types, set(map(_dtype, params)))
+    dtypes = set(map(_dtype, params))
+    try:
+        dtype: torch.dtype = functools.reduce(torch.promote_types, dtypes)
+    except RuntimeError:  # float8 and some unsigned dtypes promote with nothing else
+        raise TypeError(
+            f"the parameters' dtypes {sorted(map(str, dtypes))} have no common dtype for one flat vector"
+        ) from None
     return dtype
 
 
@@ -93,13 +99,24 @@ def _check_castable(vector: Tensor, dtypes: set[torch.dtype], name: str, what: s
             raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the {what}' {dtype}")
 
 
-def _check_alpha(alpha: float, dtypes: set[torch.dtype]) -> None:
-    """Raise unless ``g.add_(v, alpha=alpha)`` is defined for gradients of every dtype."""
-    for dtype in dtypes:
-        if dtype == torch.bool:
+def _check_alpha(alpha: float, pairs: set[tuple[torch.dtype, torch.dtype]]) -> None:
+    """Raise unless ``g.add_(v, alpha=alpha)`` is defined for every (gradient, vector) dtype pair.
+
+    Each pair is tried once on a one-element tensor, so that whatever torch
+    would refuse half-way through the gradients (an alpha that overflows a
+    dtype, dtypes that do not promote) is refused before any is written.
+    """
+    for grad_dtype, dtype in pairs:
+        if grad_dtype == torch.bool:
             raise TypeError("add_grads cannot add into bool gradients; use set_grads")
-        if not (dtype.is_floating_point or dtype.is_complex) and isinstance(alpha, float):
-            raise TypeError(f"alpha must be an int to add into {dtype} gradients, got float {alpha!r}")
+        if not (grad_dtype.is_floating_point or grad_dtype.is_complex) and isinstance(alpha, float):
+            raise TypeError(f"alpha must be an int to add into {grad_dtype} gradients, got float {alpha!r}")
+        try:
+            torch.zeros(1, dtype=grad_dtype).add_(torch.zeros(1, dtype=dtype), alpha=alpha)
+        except RuntimeError as error:
+            raise ValueError(
+                f"alpha={alpha!r} times a {dtype} vector cannot be added into {grad_dtype} gradients: {error}"
+            ) from None
 
 
 def _unwritable(t: Tensor) -> tuple[type[Exception], str] | None:
@@ -413,6 +430,7 @@ def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
     if not params:
         return torch.empty(0)
     device = _result_device(params)
+    _result_dtype(params)  # refuses dtypes that torch.cat cannot promote together
     _check_readable(names, list(params), device, "parameter")
     if len(set(map(_device_of, params))) == 1:
         return torch.cat([p.reshape(-1) for p in params])
@@ -605,7 +623,8 @@ def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | No
     _check_grads(names, params, grads)
     _check_castable(source, set(map(_dtype, params)), name, "parameters")
     if alpha is not None:
-        _check_alpha(alpha, set(map(_dtype, params)))
+        # Adding keeps the vector's dtype (see _slices), so these are the pairs the adds will meet.
+        _check_alpha(alpha, {(dtype, source.dtype) for dtype in set(map(_dtype, params))})
     _check_writable(grads, lambda i: f"the gradient of parameter {names[i]!r}")
     if _first_overlap(source, grads) is not None:
         source = source.clone()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import _check_num_classes
+from ._checks import check_int, check_module, check_num_classes
 
 __all__ = ["grow_classifier", "mask_unseen"]
 
@@ -67,8 +67,7 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
         ...
         ValueError: num_classes must be at least the current 5 (growing only), got 3
     """
-    if not isinstance(net, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(net).__name__}")
+    net = check_module(net)
     classifier = _classifier(net)
     if not isinstance(classifier, nn.Linear):
         raise TypeError(
@@ -83,7 +82,7 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
             "parametrization or hook; grow the tensors it is computed from yourself"
         )
     old = classifier.out_features
-    _check_num_classes(num_classes, at_least=old)
+    check_num_classes(num_classes, at_least=old)
     if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if num_classes == old:
@@ -193,8 +192,7 @@ def mask_unseen(logits: Tensor, num_seen: int) -> Tensor:
         raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2:
         raise ValueError(f"logits must be [B, C], got shape {tuple(logits.shape)}")
-    if isinstance(num_seen, bool) or not isinstance(num_seen, int):
-        raise TypeError(f"num_seen must be an int, got {type(num_seen).__name__}")
+    num_seen = check_int(num_seen, "num_seen")
     if not 1 <= num_seen <= logits.shape[1]:
         raise ValueError(f"num_seen must be from 1 to the {logits.shape[1]} classes of the logits, got {num_seen}")
     seen = torch.arange(logits.shape[1], device=logits.device) < num_seen

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ._checks import check_module
+
 __all__ = ["FlatLayout", "LayoutEntry", "carry_vector", "flat_layout"]
 
 
@@ -236,17 +238,24 @@ def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
         >>> [tuple(p.shape) for p in params]
         [(2, 3), (2,), (1, 2), (1,)]
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    module = check_module(module)
     found = _walk_slots(module)
     names, params = found if found is not None else _walk_named(module)
     for name, p in zip(names, params, strict=True):
+        if not isinstance(p, Tensor):
+            raise TypeError(f"parameter {name!r} must be a tensor, got {type(p).__name__}")
         if _sharded(p):
             raise TypeError(
                 f"parameter {name!r} is sharded by FSDP ({type(p).__name__}), so each rank holds only part "
                 "of it; flat vectors of a sharded model are not supported: use DistributedDataParallel, "
                 "or gather the full parameters first"
             )
+    if any(map(_is_quantized, params)) or any(map(_is_nested, params)):
+        name, p = next((n, p) for n, p in zip(names, params, strict=True) if p.is_quantized or p.is_nested)
+        raise TypeError(
+            f"parameter {name!r} must be a plain dense tensor, got a {'quantized' if p.is_quantized else 'nested'} "
+            "one; flat vectors cover plain dense parameters only"
+        )
     if any(layout is not torch.strided for layout in set(map(_layout, params))):
         name, p = next((n, p) for n, p in zip(names, params, strict=True) if p.layout is not torch.strided)
         raise TypeError(
@@ -257,6 +266,8 @@ def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
 
 
 _layout = operator.attrgetter("layout")
+_is_quantized = operator.attrgetter("is_quantized")
+_is_nested = operator.attrgetter("is_nested")
 
 
 def _walk_named(module: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
@@ -283,7 +294,8 @@ def _walk_slots(module: nn.Module) -> tuple[list[str], list[nn.Parameter]] | Non
     """
     root = type(module)
     if (
-        root.named_parameters is not _NAMED_PARAMETERS
+        root.__getattribute__ is not _GETATTRIBUTE
+        or root.named_parameters is not _NAMED_PARAMETERS
         or root._named_members is not _NAMED_MEMBERS
         or "named_parameters" in vars(module)
         or "_named_members" in vars(module)
@@ -299,7 +311,12 @@ def _walk_slots(module: nn.Module) -> tuple[list[str], list[nn.Parameter]] | Non
     stack = [(module, "")]
     while stack:
         m, prefix = stack.pop()
-        if type(m).named_modules is not _NAMED_MODULES or "named_modules" in vars(m):
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"submodule {prefix!r} must be a torch.nn.Module, got {type(m).__name__}")
+        kind = type(m)
+        if kind.named_modules is not _NAMED_MODULES or kind.__getattribute__ is not _GETATTRIBUTE:
+            return None
+        if "named_modules" in vars(m):
             return None
         if m in seen_modules:
             continue
@@ -310,13 +327,14 @@ def _walk_slots(module: nn.Module) -> tuple[list[str], list[nn.Parameter]] | Non
                 seen_params.add(p)
                 names.append(dot + key)
                 params.append(p)
-        stack.extend((child, dot + key) for key, child in reversed(m._modules.items()) if child is not None)
+        stack.extend((child, dot + key) for key, child in list(m._modules.items())[::-1] if child is not None)
     return names, params
 
 
 _NAMED_PARAMETERS = nn.Module.named_parameters
 _NAMED_MEMBERS = nn.Module._named_members
 _NAMED_MODULES = nn.Module.named_modules
+_GETATTRIBUTE = nn.Module.__getattribute__
 
 
 def _sharded(p: Tensor) -> bool:

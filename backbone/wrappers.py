@@ -6,6 +6,8 @@ from typing import cast
 
 from torch import nn
 
+from ._checks import check_module
+
 __all__ = ["unwrap"]
 
 
@@ -40,8 +42,7 @@ def unwrap(module: nn.Module) -> nn.Module:
         >>> unwrap(wrapped).get_params().shape
         torch.Size([10802])
     """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"expected a torch.nn.Module, got {type(module).__name__}")
+    module = check_module(module)
     while True:
         inner = _inner(module)
         if inner is None:
@@ -49,8 +50,17 @@ def unwrap(module: nn.Module) -> nn.Module:
         module = inner
 
 
-def _compiled_original(module: nn.Module) -> nn.Module | None:
-    """The module ``torch.compile`` wrapped, when ``module`` is a compiled module."""
+def compiled_original(module: nn.Module) -> nn.Module | None:
+    """The module ``torch.compile`` wrapped, when ``module`` is a compiled module; None otherwise.
+
+    Example:
+        >>> import torch
+        >>> from backbone import MNISTMLP
+        >>> from backbone.wrappers import compiled_original
+        >>> net = MNISTMLP(4, 2)
+        >>> compiled_original(torch.compile(net)) is net, compiled_original(net)
+        (True, None)
+    """
     return cast(nn.Module, module._orig_mod) if type(module).__name__ == "OptimizedModule" else None
 
 
@@ -60,7 +70,7 @@ def _inner(module: nn.Module) -> nn.Module | None:
     # as .module. Other modules with a submodule named "module" are not
     # wrappers, so the class and its bases are checked by name
     # (torch.distributed may be unavailable, and importing FSDP is slow).
-    original = _compiled_original(module)
+    original = compiled_original(module)
     if original is not None:
         return original
     if any(kind.__name__ in _WRAPPERS for kind in type(module).__mro__):

@@ -253,3 +253,39 @@ def test_a_strided_parameter_that_shares_nothing_is_written() -> None:
     m.p.data = buffer.as_strided((3, 2), (4, 2))  # every other element of each row, rows apart
     backbone.set_params(m, torch.arange(1.0, 7.0))
     assert torch.equal(m.p.detach(), torch.arange(1.0, 7.0).view(3, 2))
+
+
+def test_an_alpha_that_overflows_a_gradients_dtype_is_refused_before_any_write() -> None:
+    m = nn.Module()
+    m.a, m.b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, dtype=torch.float16))
+    backbone.set_grads(m, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"alpha=10000000000\.0 times a torch\.float16 vector cannot be added"):
+        backbone.add_grads(m, torch.ones(4, dtype=torch.float16), alpha=1e10)
+    assert not m.a.grad.any() and not m.b.grad.any()
+
+
+def test_dtypes_that_do_not_promote_are_refused_before_any_write() -> None:
+    m = nn.Module()
+    m.a = nn.Parameter(torch.zeros(2))
+    m.b = nn.Parameter(torch.zeros(2, dtype=torch.float8_e4m3fn), requires_grad=False)
+    backbone.set_grads(m, torch.zeros(4))
+    with pytest.raises(ValueError, match=r"cannot be added into torch\.float8_e4m3fn gradients"):
+        backbone.add_grads(m, torch.ones(4))
+    assert not m.a.grad.any()
+    for read in (backbone.get_params, backbone.get_grads):
+        with pytest.raises(TypeError, match="have no common dtype for one flat vector"):
+            read(m)
+
+
+def test_quantized_and_non_tensor_parameters_are_refused_by_name() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = torch.quantize_per_tensor(torch.randn(3), 0.1, 0, torch.quint8)
+    q = nn.Module()
+    q.p = nn.Parameter(quantized, requires_grad=False)
+    with pytest.raises(TypeError, match="parameter 'p' must be a plain dense tensor, got a quantized one"):
+        backbone.get_grads(q)
+    odd = nn.Linear(2, 1)
+    odd._parameters["x"] = 3.0  # type: ignore[assignment]
+    with pytest.raises(TypeError, match="parameter 'x' must be a tensor, got float"):
+        backbone.get_params(odd)

@@ -139,3 +139,24 @@ def test_an_override_set_on_the_instance_is_asked(method: str) -> None:
         child.named_modules = lambda memo=None, prefix="", remove_duplicate=True: iter([])  # type: ignore[method-assign]
     assert_same_walk(net)
     assert [e.name for e in backbone.flat_layout(net)] == [n for n, _ in net.named_parameters()]
+
+
+def test_a_class_that_serves_the_walk_through_getattribute_is_asked() -> None:
+    class Served(nn.Sequential):
+        def __getattribute__(self, name: str):  # type: ignore[no-untyped-def]
+            if name == "named_parameters":
+                return lambda *args, **kwargs: iter([("only", self._modules["1"].bias)])
+            return super().__getattribute__(name)
+
+    net = Served(nn.Linear(2, 2), nn.Linear(2, 1))
+    assert walk(net)[0] == ["only"]
+
+
+def test_a_children_mapping_whose_items_is_an_iterator_is_walked_in_its_order() -> None:
+    class Reversed(dict):  # type: ignore[type-arg]
+        def items(self):  # type: ignore[no-untyped-def,override]
+            return reversed(list(super().items()))
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    net._modules = Reversed(net._modules)  # type: ignore[assignment]
+    assert_same_walk(net)

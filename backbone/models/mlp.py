@@ -8,10 +8,10 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from ..base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
+from .._checks import check_bool, check_input, check_output_fmt, check_positive_ints
+from ..base import MammothBackbone, feature_take_indices, forward_stages
 from ..init import xavier
 from ..registry import register_backbone
-from ._checks import check_bool, check_input, check_positive_ints
 
 __all__ = ["MNISTMLP"]
 
@@ -130,7 +130,7 @@ class MNISTMLP(MammothBackbone):
             >>> final.shape, len(stages)
             (torch.Size([5, 3]), 2)
         """
-        _check_output_fmt(output_fmt, ("NCHW",))
+        check_output_fmt(output_fmt, ("NCHW",))
         check_input(self, x, self.fc1.weight, features=self.input_size)
         pre: list[Tensor] = []
 
@@ -143,7 +143,7 @@ class MNISTMLP(MammothBackbone):
             return run
 
         stages = [stage(self.fc1, self.act1), stage(self.fc2, self.act2)]
-        result = _forward_stages(x, stages, indices, stop_early, intermediates_only)
+        result = forward_stages(x, stages, indices, stop_early, intermediates_only)
         if not self.return_prerelu:
             return result
         chosen = [pre[i] for i in sorted(set(feature_take_indices(2, indices)[0]))]

@@ -13,9 +13,9 @@ from typing import ClassVar, cast
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..base import MammothBackbone, _check_output_fmt, _forward_stages, feature_take_indices
+from .._checks import check_bool, check_input, check_output_fmt, check_positive_ints
+from ..base import MammothBackbone, feature_take_indices, forward_stages
 from ..registry import register_backbone
-from ._checks import check_bool, check_input, check_positive_ints
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "reduced_resnet18", "resnet18", "resnet34", "resnet50"]
 
@@ -286,12 +286,12 @@ class ResNet(MammothBackbone):
             >>> final.shape, len(stages)
             (torch.Size([2, 32, 4, 4]), 5)
         """
-        _check_output_fmt(output_fmt, ("NCHW",))
+        check_output_fmt(output_fmt, ("NCHW",))
         check_input(self, x, self.conv1.weight, channels=self.conv1.in_channels)
         if not self.return_prerelu:
-            return _forward_stages(x, self._stages(), indices, stop_early, intermediates_only)
+            return forward_stages(x, self._stages(), indices, stop_early, intermediates_only)
         stem: list[Tensor] = []
-        result = _forward_stages(x, self._stages(stem), indices, stop_early, False)
+        result = forward_stages(x, self._stages(stem), indices, stop_early, False)
         final = cast("tuple[Tensor, list[Tensor]]", result)[0]
         taken = sorted(set(feature_take_indices(5, indices)[0]))
         pre = [stem[0] if i == 0 else getattr(self, f"layer{i}")[-1].prerelu for i in taken]

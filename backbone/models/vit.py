@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ..base import MammothBackbone, _check_output_fmt, feature_take_indices
+from .._checks import check_bool, check_input, check_output_fmt, check_positive_ints
+from ..base import MammothBackbone, feature_take_indices
 from ..registry import register_backbone
-from ._checks import check_bool, check_input, check_positive_ints
 
 __all__ = [
     "VisionTransformer",
@@ -335,7 +335,7 @@ class VisionTransformer(MammothBackbone):
             >>> last[0].shape, [tuple(t.shape) for t in last[1]]
             (torch.Size([1, 65, 192]), [(1, 64, 192)])
         """
-        _check_output_fmt(output_fmt, ("NCHW", "NLC"))
+        check_output_fmt(output_fmt, ("NCHW", "NLC"))
         take, last = feature_take_indices(len(self.blocks), indices)
         wanted = set(take)
         batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]

@@ -1,0 +1,149 @@
+"""The argument checks the package shares: one home for each rule and its message.
+
+A leaf module: it imports nothing of the package, so every module can import
+it without a cycle. Each check raises ``TypeError`` (wrong type) or
+``ValueError`` (wrong value) with a message naming what was expected and
+what was given, and returns the value it checked.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def check_module(value: object, what: str = "") -> nn.Module:
+    """Return ``value`` if it is a :class:`torch.nn.Module`, else raise ``TypeError``.
+
+    Example:
+        >>> from torch import nn
+        >>> from backbone._checks import check_module
+        >>> check_module(nn.ReLU())
+        ReLU()
+        >>> check_module("net")
+        Traceback (most recent call last):
+        ...
+        TypeError: expected a torch.nn.Module, got str
+    """
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"expected a torch.nn.Module{what}, got {type(value).__name__}")
+    return value
+
+
+def check_int(value: object, name: str) -> int:
+    """Return ``value`` if it is an int and not a bool, else raise ``TypeError`` naming ``name``.
+
+    Example:
+        >>> from backbone._checks import check_int
+        >>> check_int(3, "num_seen")
+        3
+        >>> check_int(True, "num_seen")
+        Traceback (most recent call last):
+        ...
+        TypeError: num_seen must be an int, got bool
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    return value
+
+
+def check_num_classes(num_classes: object, *, at_least: int = 0) -> int:
+    """The check every classifier change makes: an int, at least ``at_least`` (0 means no classifier).
+
+    Example:
+        >>> from backbone._checks import check_num_classes
+        >>> check_num_classes(5, at_least=3)
+        5
+        >>> check_num_classes(2, at_least=3)
+        Traceback (most recent call last):
+        ...
+        ValueError: num_classes must be at least the current 3 (growing only), got 2
+    """
+    num_classes = check_int(num_classes, "num_classes")
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be 0 (no classifier) or more, got {num_classes}")
+    if num_classes < at_least:
+        raise ValueError(f"num_classes must be at least the current {at_least} (growing only), got {num_classes}")
+    return num_classes
+
+
+def check_output_fmt(output_fmt: str, supported: tuple[str, ...]) -> None:
+    """Raise ``ValueError`` unless ``output_fmt`` is one of ``supported``.
+
+    Example:
+        >>> from backbone._checks import check_output_fmt
+        >>> check_output_fmt("NHWC", ("NCHW",))
+        Traceback (most recent call last):
+        ...
+        ValueError: output_fmt must be one of 'NCHW', got 'NHWC'
+    """
+    if output_fmt not in supported:
+        raise ValueError(f"output_fmt must be one of {', '.join(map(repr, supported))}, got {output_fmt!r}")
+
+
+def check_positive_ints(**values: int) -> None:
+    """Raise ``ValueError`` naming the first argument that is not a positive int (bools are not ints here).
+
+    Example:
+        >>> from backbone._checks import check_positive_ints
+        >>> check_positive_ints(depth=12, heads=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: heads must be a positive int, got 0
+    """
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_bool(name: str, value: object) -> None:
+    """Raise ``TypeError`` naming the argument unless ``value`` is a bool.
+
+    Example:
+        >>> from backbone._checks import check_bool
+        >>> check_bool("pretrained", 1)
+        Traceback (most recent call last):
+        ...
+        TypeError: pretrained must be a bool, got int
+    """
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+
+
+def check_input(
+    owner: object, x: object, weight: Tensor, *, channels: int | None = None, features: int | None = None
+) -> None:
+    """Raise naming the backbone unless ``x`` is a batch it can take: floating point, its dtype, the right shape.
+
+    Args:
+        owner: the backbone, for the message.
+        x: the input.
+        weight: a parameter whose dtype the input must have (outside autocast).
+        channels: for image backbones, the channels of ``[B, C, H, W]``.
+        features: for flat-input backbones, the features each sample flattens to.
+
+    Example:
+        >>> import torch
+        >>> from backbone import MNISTMLP
+        >>> from backbone._checks import check_input
+        >>> net = MNISTMLP(4, 2)
+        >>> check_input(net, torch.zeros(3, 5), net.fc1.weight, features=4)
+        Traceback (most recent call last):
+        ...
+        ValueError: MNISTMLP expects a batch [B, ...] whose samples flatten to 4 features, got shape (3, 5)
+    """
+    name = type(owner).__name__
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} expects the input batch x to be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} expects a floating-point input, got {x.dtype}")
+    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{name} expects inputs of its parameters' dtype {weight.dtype}, got {x.dtype}")
+    if channels is not None and (x.dim() != 4 or x.shape[1] != channels):
+        raise ValueError(f"{name} expects images [B, {channels}, H, W], got shape {tuple(x.shape)}")
+    if features is not None and (x.dim() < 2 or math.prod(x.shape[1:]) != features):
+        raise ValueError(
+            f"{name} expects a batch [B, ...] whose samples flatten to {features} features, got shape {tuple(x.shape)}"
+        )
