@@ -587,10 +587,14 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0) -> None:
 
     Raises:
         TypeError: ``vector`` is not a dense tensor, its dtype cannot be cast
-            to a parameter's dtype, ``alpha`` is not a real number, or a
-            parameter or existing gradient is not dense.
+            to a parameter's dtype, ``alpha`` is not a real number (or is a
+            float where a gradient is of an integer dtype), a gradient is
+            bool, or a parameter or existing gradient is not dense.
         ValueError: ``vector`` is not 1-D, has the wrong number of elements or
-            is on the meta device; or an existing gradient cannot be written.
+            is on the meta device; an existing gradient cannot be written or
+            no longer matches its parameter; or ``alpha`` times the vector
+            cannot be added into a gradient's dtype (it overflows it, or the
+            dtypes do not promote).
 
     Example:
         >>> import torch
