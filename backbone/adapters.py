@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
@@ -379,19 +380,8 @@ class TorchvisionBackbone(_Wrapper):
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)
         self._family = _family(model)
-        stages = self._stage_names()
-        self._head_path = _HEAD[self._family]
-        self.feature_dim = self._measure(stages)
-
-    # The wrapped model's structure, by family.
-
-    def _stage_names(self) -> list[str]:
-        model, family = self.model, self._family
-        if family == "resnet":
-            return ["relu", "layer1", "layer2", "layer3", "layer4"]
-        if family == "vit":
-            return [f"encoder.layers.{name}" for name, _ in model.encoder.layers.named_children()]
-        return [f"features.{i}" for i in range(len(model.features))]  # narrowed by _measure
+        self._head_path = self._family.head
+        self.feature_dim = self._measure(self._family.stages(model))
 
     def _measure(self, candidates: list[str]) -> int:
         """Fill feature_info from one forward of a zero image; return the pre-logits size."""
@@ -419,14 +409,15 @@ class TorchvisionBackbone(_Wrapper):
         info = []
         for name in candidates:
             out = outputs[name]
-            if self._family == "vit":
+            if self._family.tokens:
                 patch = int(self.model.patch_size)
                 info.append({"num_chs": int(out.shape[-1]), "reduction": patch, "module": f"model.{name}"})
             else:
                 reduction = size // int(out.shape[-1])
                 info.append({"num_chs": int(out.shape[1]), "reduction": reduction, "module": f"model.{name}"})
-        if self._family in ("efficientnet", "mobilenet", "convnext"):
-            info = _last_at_each_reduction(info[:-1] if self._family != "convnext" else info)
+        if self._family.narrow:
+            # The last block at each resolution; the final 1x1 expansion of EfficientNet and MobileNet is the head's.
+            info = _last_at_each_reduction(info[:-1] if self._family.name != "convnext" else info)
         self.feature_info = info
         return int(features.shape[1])
 
@@ -440,15 +431,7 @@ class TorchvisionBackbone(_Wrapper):
             >>> net.forward_features(torch.zeros(1, 3, 64, 64)).shape
             torch.Size([1, 576, 2, 2])
         """
-        model = self.model
-        if self._family == "resnet":
-            x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
-            return cast(Tensor, model.layer4(model.layer3(model.layer2(model.layer1(x)))))
-        if self._family == "vit":
-            x = model._process_input(x)
-            x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
-            return cast(Tensor, model.encoder(x))
-        return cast(Tensor, model.features(x))
+        return self._family.features(self.model, x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool as the model does, apply its head up to the last linear layer, then that one unless ``pre_logits``.
@@ -461,15 +444,8 @@ class TorchvisionBackbone(_Wrapper):
             >>> net.forward_head(final, pre_logits=True).shape, net.forward_head(final).shape
             (torch.Size([1, 1024]), torch.Size([1, 10]))
         """
-        model, family = self.model, self._family
-        if family == "vit":
-            x = x[:, 0]
-        else:
-            pool = getattr(model, "avgpool", None)
-            x = pool(x) if pool is not None else nn.functional.adaptive_avg_pool2d(x, 1)
-            if family != "convnext":
-                x = torch.flatten(x, 1)
-        head = model.get_submodule(self._head_path)
+        x = self._family.pool(self.model, x)
+        head = self.model.get_submodule(self._head_path)
         if isinstance(head, nn.Sequential):
             x = head[:-1](x)
         return x if pre_logits else cast(Tensor, self.get_classifier()(x))
@@ -497,7 +473,7 @@ class TorchvisionBackbone(_Wrapper):
             >>> [tuple(s.shape[1:]) for s in stages]
             [(96, 16, 16), (192, 8, 8), (384, 4, 4), (768, 2, 2)]
         """
-        if self._family != "vit":
+        if not self._family.tokens:
             return super().forward_intermediates(x, indices, norm, stop_early, output_fmt, intermediates_only)
         check_output_fmt(output_fmt, ("NCHW", "NLC"))
         feature_take_indices(len(self.feature_info), indices)  # checks indices before any work
@@ -549,32 +525,96 @@ class TorchvisionBackbone(_Wrapper):
         return classifier.out_features if isinstance(classifier, nn.Linear) else 0
 
 
-_HEAD = {
-    "resnet": "fc",
-    "vit": "heads",
-    "convnext": "classifier",
-    "efficientnet": "classifier",
-    "mobilenet": "classifier",
-}
+@dataclass(frozen=True)
+class _Family:
+    """Everything the adapter needs to know about one family of torchvision models, in one row."""
+
+    name: str
+    classes: tuple[str, ...]  # torchvision.models classes of the family
+    head: str  # the head's path; its last layer (or itself) is the classifier
+    stages: Callable[[Any], list[str]]  # candidate stage modules (narrowed when ``narrow``)
+    features: Callable[[Any, Tensor], Tensor]  # the model up to its last feature map
+    pool: Callable[[Any, Tensor], Tensor]  # the final map to the head's input
+    tokens: bool = False  # the final output is a token sequence (a ViT)
+    narrow: bool = False  # keep only the last block of ``features`` at each resolution
 
 
-def _family(model: nn.Module) -> str:
+def _resnet_features(model: Any, x: Tensor) -> Tensor:
+    x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+    return cast(Tensor, model.layer4(model.layer3(model.layer2(model.layer1(x)))))
+
+
+def _vit_features(model: Any, x: Tensor) -> Tensor:
+    x = model._process_input(x)
+    x = torch.cat([model.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+    return cast(Tensor, model.encoder(x))
+
+
+def _average(model: Any, x: Tensor, *, flatten: bool = True) -> Tensor:
+    pool = getattr(model, "avgpool", None)
+    x = pool(x) if pool is not None else nn.functional.adaptive_avg_pool2d(x, 1)
+    return torch.flatten(x, 1) if flatten else x
+
+
+def _blocks(model: Any) -> list[str]:
+    return [f"features.{i}" for i in range(len(model.features))]
+
+
+_FAMILIES = (
+    _Family(
+        "resnet",
+        ("ResNet",),
+        head="fc",
+        stages=lambda model: ["relu", "layer1", "layer2", "layer3", "layer4"],
+        features=_resnet_features,
+        pool=_average,
+    ),
+    _Family(
+        "vit",
+        ("VisionTransformer",),
+        head="heads",
+        stages=lambda model: [f"encoder.layers.{name}" for name, _ in model.encoder.layers.named_children()],
+        features=_vit_features,
+        pool=lambda model, x: x[:, 0],  # the class token
+        tokens=True,
+    ),
+    _Family(
+        "convnext",
+        ("ConvNeXt",),
+        head="classifier",
+        stages=_blocks,
+        features=lambda model, x: cast(Tensor, model.features(x)),
+        pool=lambda model, x: _average(model, x, flatten=False),  # its head's LayerNorm2d flattens
+        narrow=True,
+    ),
+    _Family(
+        "efficientnet",
+        ("EfficientNet",),
+        head="classifier",
+        stages=_blocks,
+        features=lambda model, x: cast(Tensor, model.features(x)),
+        pool=_average,
+        narrow=True,
+    ),
+    _Family(
+        "mobilenet",
+        ("MobileNetV2", "MobileNetV3"),
+        head="classifier",
+        stages=_blocks,
+        features=lambda model, x: cast(Tensor, model.features(x)),
+        pool=_average,
+        narrow=True,
+    ),
+)
+
+
+def _family(model: nn.Module) -> _Family:
     tv = _import("torchvision")
-    families: list[tuple[str, Callable[[], type]]] = [
-        ("resnet", lambda: tv.models.ResNet),
-        ("vit", lambda: tv.models.VisionTransformer),
-        ("convnext", lambda: tv.models.ConvNeXt),
-        ("efficientnet", lambda: tv.models.EfficientNet),
-        ("mobilenet", lambda: tv.models.MobileNetV2),
-        ("mobilenet", lambda: tv.models.MobileNetV3),
-    ]
-    for family, cls in families:
-        if isinstance(model, cls()):
+    for family in _FAMILIES:
+        if isinstance(model, tuple(getattr(tv.models, name) for name in family.classes)):
             return family
-    raise TypeError(
-        "from_torchvision supports torchvision's ResNet, VisionTransformer, ConvNeXt, EfficientNet, MobileNetV2 and "
-        f"MobileNetV3 models, got {type(model).__name__}"
-    )
+    supported = ", ".join(name for family in _FAMILIES for name in family.classes)
+    raise TypeError(f"from_torchvision supports torchvision's {supported} models, got {type(model).__name__}")
 
 
 def _in_channels(model: nn.Module) -> int:
