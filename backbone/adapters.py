@@ -416,8 +416,7 @@ class TorchvisionBackbone(_Wrapper):
                 reduction = size // int(out.shape[-1])
                 info.append({"num_chs": int(out.shape[1]), "reduction": reduction, "module": f"model.{name}"})
         if self._family.narrow:
-            # The last block at each resolution; the final 1x1 expansion of EfficientNet and MobileNet is the head's.
-            info = _last_at_each_reduction(info[:-1] if self._family.name != "convnext" else info)
+            info = _last_at_each_reduction(info[:-1] if self._family.head_block else info)
         self.feature_info = info
         return int(features.shape[1])
 
@@ -537,6 +536,7 @@ class _Family:
     pool: Callable[[Any, Tensor], Tensor]  # the final map to the head's input
     tokens: bool = False  # the final output is a token sequence (a ViT)
     narrow: bool = False  # keep only the last block of ``features`` at each resolution
+    head_block: bool = False  # the last block of ``features`` is the head's 1x1 expansion, not a stage
 
 
 def _resnet_features(model: Any, x: Tensor) -> Tensor:
@@ -558,6 +558,10 @@ def _average(model: Any, x: Tensor, *, flatten: bool = True) -> Tensor:
 
 def _blocks(model: Any) -> list[str]:
     return [f"features.{i}" for i in range(len(model.features))]
+
+
+def _run_blocks(model: Any, x: Tensor) -> Tensor:
+    return cast(Tensor, model.features(x))
 
 
 _FAMILIES = (
@@ -583,7 +587,7 @@ _FAMILIES = (
         ("ConvNeXt",),
         head="classifier",
         stages=_blocks,
-        features=lambda model, x: cast(Tensor, model.features(x)),
+        features=_run_blocks,
         pool=lambda model, x: _average(model, x, flatten=False),  # its head's LayerNorm2d flattens
         narrow=True,
     ),
@@ -592,18 +596,20 @@ _FAMILIES = (
         ("EfficientNet",),
         head="classifier",
         stages=_blocks,
-        features=lambda model, x: cast(Tensor, model.features(x)),
+        features=_run_blocks,
         pool=_average,
         narrow=True,
+        head_block=True,
     ),
     _Family(
         "mobilenet",
         ("MobileNetV2", "MobileNetV3"),
         head="classifier",
         stages=_blocks,
-        features=lambda model, x: cast(Tensor, model.features(x)),
+        features=_run_blocks,
         pool=_average,
         narrow=True,
+        head_block=True,
     ),
 )
 

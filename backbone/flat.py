@@ -93,10 +93,10 @@ def _check_vector(vector: object, expected: int, name: str) -> Tensor:
     return vector
 
 
-def _check_castable(vector: Tensor, dtypes: set[torch.dtype], name: str, what: str) -> None:
+def _check_castable(vector: Tensor, dtypes: set[torch.dtype], name: str) -> None:
     for dtype in dtypes:
         if not torch.can_cast(vector.dtype, dtype):
-            raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the {what}' {dtype}")
+            raise TypeError(f"{name} has dtype {vector.dtype}, which cannot be cast to the parameters' {dtype}")
 
 
 def _check_alpha(alpha: float, pairs: set[tuple[torch.dtype, torch.dtype]]) -> None:
@@ -324,17 +324,22 @@ def _copy_all(destinations: list[Tensor], sources: list[Tensor]) -> None:
     """
     if not destinations:
         return
-    if any(t.is_conj() or t.is_neg() for t in (*destinations, *sources)):
-        # The multi-tensor copy refuses conjugate and negative views; copy_ resolves them.
+    if _lazy_views(destinations, sources):
         for d, s in zip(destinations, sources, strict=True):
             d.copy_(s)
         return
     torch._foreach_copy_(destinations, sources)
 
 
+def _lazy_views(destinations: list[Tensor], sources: list[Tensor]) -> bool:
+    """Whether any tensor is a conjugate or negative view: the multi-tensor kernels refuse those, and the
+    one-tensor ones resolve them."""
+    return any(t.is_conj() or t.is_neg() for t in (*destinations, *sources))
+
+
 def _add_all(destinations: list[Tensor], sources: list[Tensor], alpha: float) -> None:
     """``d.add_(s, alpha=alpha)`` for every pair, in as few kernel launches as torch allows."""
-    if any(t.is_conj() or t.is_neg() for t in (*destinations, *sources)):
+    if _lazy_views(destinations, sources):
         for d, s in zip(destinations, sources, strict=True):
             d.add_(s, alpha=alpha)
         return
@@ -472,7 +477,7 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
     """
     names, params = walk(module)
     source = _check_vector(new_params, sum(p.numel() for p in params), "new_params")
-    _check_castable(source, set(map(_dtype, params)), "new_params", "parameters")
+    _check_castable(source, set(map(_dtype, params)), "new_params")
     _check_writable(list(params), lambda i: f"parameter {names[i]!r}")
     if _first_overlap(source, params) is not None:
         source = source.clone()
@@ -625,7 +630,7 @@ def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | No
                 f"got layout {grad.layout}; set it to None first (module.zero_grad()) to have a dense one created"
             )
     _check_grads(names, params, grads)
-    _check_castable(source, set(map(_dtype, params)), name, "parameters")
+    _check_castable(source, set(map(_dtype, params)), name)
     if alpha is not None:
         # Adding keeps the vector's dtype (see _slices), so these are the pairs the adds will meet.
         _check_alpha(alpha, {(dtype, source.dtype) for dtype in set(map(_dtype, params))})

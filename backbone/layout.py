@@ -226,8 +226,9 @@ def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
         The qualified names and the parameters, in the same order.
 
     Raises:
-        TypeError: ``module`` is not a module, or a parameter is not a dense
-            tensor or is sharded by FSDP.
+        TypeError: ``module`` is not a module, a submodule slot holds
+            something else, or a parameter is not a plain dense tensor (not a
+            tensor at all, sparse, quantized, nested, or sharded by FSDP).
 
     Example:
         >>> from torch import nn
