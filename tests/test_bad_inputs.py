@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrizations, parametrize
 
 import backbone
-from backbone import mammoth, registry
+from backbone import MammothBackbone, list_backbones, mammoth, registered
 
 ERRORS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "errors.rst"
 
@@ -301,8 +301,8 @@ MATRIX = [
     Bad("mask/logits", lambda n: backbone.mask_unseen(torch.zeros(3), 1), ValueError, "logits must be [B, C]"),
     Bad("mask/seen", lambda n: backbone.mask_unseen(torch.zeros(2, 3), 4), ValueError, "num_seen must be from 1 to the 3 classes"),
     Bad("mask/type", lambda n: backbone.mask_unseen(torch.zeros(2, 3), 1.5), TypeError, "num_seen must be an int"),
-    Bad("device/assign", lambda n: setattr(n, "device", "gpu:zero"), ValueError, "device must name a device"),
-    Bad("device/assign-type", lambda n: setattr(n, "device", 2.5), TypeError, "device must be a torch.device"),
+    Bad("device/assign", lambda n: setattr(n, "device", "gpu:zero"), ValueError, "device must name a device", lambda: MammothBackbone(device="meta")),
+    Bad("device/assign-type", lambda n: setattr(n, "device", 2.5), TypeError, "device must be a torch.device", lambda: MammothBackbone(device="meta")),
     # --- reference backbones -----------------------------------------------
     Bad("MNISTMLP/size", lambda n: backbone.MNISTMLP(0, 10), ValueError, "must be a positive int, got"),
     Bad("MNISTMLP/bool", lambda n: backbone.MNISTMLP(784, True), ValueError, "must be a positive int, got"),
@@ -317,7 +317,7 @@ MATRIX = [
     Bad("from_timm/type", lambda n: backbone.from_timm(18), TypeError, "model must be a timm model name or a timm model"),
     Bad("from_torchvision/type", lambda n: backbone.from_torchvision(None), TypeError, "model must be a torchvision model name or a torchvision model"),
     Bad("from_timm/instance-kwargs", lambda n: backbone.from_timm(n, num_classes=3), TypeError, "keyword arguments build a model from a name"),
-    Bad("from_timm/checkpoint", lambda n: backbone.adapters._load(n, 3), TypeError, "checkpoint must be a path to a saved state dict or a state dict"),
+    Bad("from_timm/checkpoint", lambda n: backbone.from_timm(n, checkpoint=3), TypeError, "checkpoint must be a path to a saved state dict or a state dict"),
     Bad("resnet18/classes", lambda n: backbone.resnet18(0), ValueError, "must be a positive int, got"),
     # --- registry ----------------------------------------------------------
     Bad("prerelu/type", lambda n: n.set_return_prerelu("yes"), TypeError, "enable must be a bool", lambda: backbone.resnet18(3, num_filters=4)),
@@ -375,8 +375,9 @@ def snapshot(net: nn.Module) -> dict[str, Any]:
             and not isinstance(t, nn.parameter.UninitializedTensorMixin)
         ],
         "grads": [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in net.parameters()],
-        "registry": dict(registry._REGISTRY),
-        "device": getattr(net, "_device_hint", None),
+        "registry": {name: registered(name) for name in list_backbones()},
+        # A parameterless backbone reports the device it was given: the value a rejected assignment must keep.
+        "device": net.device if isinstance(net, MammothBackbone) and not list(net.parameters()) else None,
     }
 
 

@@ -245,6 +245,8 @@ def test_import_makes_a_users_registrations_visible(user_dir: Path, capsys: pyte
 
 
 def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as info:
         main(["--help"])
-    assert "``" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and out.startswith("usage:") and "check" in out
+    assert "``" not in out

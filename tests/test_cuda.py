@@ -61,9 +61,12 @@ def test_get_params_and_grads_on_cuda() -> None:
 def test_out_buffers_on_either_device(out_device: str) -> None:
     net = TinyNet().cuda()
     net(torch.randn(3, 4, device=CUDA)).sum().backward()
-    out = torch.empty(numel(net), device=out_device)
-    assert torch.equal(net.get_grads(out=out).cpu(), net.get_grads().cpu())
-    assert torch.equal(net.get_params(out=out).cpu(), net.get_params().detach().cpu())
+    out = torch.full((numel(net),), float("nan"), device=out_device)
+    grads = torch.cat([p.grad.flatten() for p in net.parameters()]).cpu()
+    params = torch.cat([p.detach().flatten() for p in net.parameters()]).cpu()
+    assert net.get_grads(out=out) is out and out.device.type == out_device
+    assert torch.equal(out.cpu(), grads)
+    assert net.get_params(out=out) is out and torch.equal(out.cpu(), params)
 
 
 def test_ewc_penalty_on_cuda() -> None:

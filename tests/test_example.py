@@ -71,7 +71,6 @@ def test_ewc_keeps_the_important_parameters_near_their_anchor() -> None:
 
 
 def test_a_saved_run_writes_its_table_and_figure(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib", reason="the figure needs matplotlib (the examples extra)")
     example.main(["--seeds", "1", "--epochs", "1", "--quiet", "--methods", "Fine-tune,ER", "--out", str(tmp_path)])
     with open(tmp_path / "digits.csv") as f:
         table = list(csv.reader(f))

@@ -90,6 +90,8 @@ def test_set_grads_inside_inference_mode_leaves_normal_tensors_that_backward_can
         net.set_grads(torch.ones(numel(net)))
         net.set_params(net.get_params() * 0 + 0.5)
     assert not any(p.grad.is_inference() for p in net.parameters())
+    assert torch.equal(net.get_params(), torch.full((numel(net),), 0.5))
+    assert torch.equal(net.get_grads(), torch.ones(numel(net)))
     net(torch.ones(2, 4)).sum().backward()  # accumulates into the gradients set above
     assert all((p.grad != 1).any() for p in net.parameters() if p.requires_grad)
 

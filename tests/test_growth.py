@@ -218,11 +218,20 @@ def test_mask_unseen() -> None:
 def test_the_function_and_the_method_are_the_same_growth() -> None:
     a, b = MNISTMLP(6, 3, hidden_size=5), MNISTMLP(6, 3, hidden_size=5)
     b.load_state_dict(a.state_dict())
+    optimizers = [torch.optim.Adam(net.parameters(), lr=0.01) for net in (a, b)]
+    for net, optimizer in zip((a, b), optimizers, strict=True):
+        train(net, optimizer, steps=2, classes=3, seed=1)
     torch.manual_seed(1)
-    a.grow_classifier(4)
+    a.grow_classifier(4, optimizer=optimizers[0])
     torch.manual_seed(1)
-    grow_classifier(b, 4)
+    grow_classifier(b, 4, optimizer=optimizers[1])
+    assert a.num_classes == b.num_classes == 4
     assert torch.equal(a.get_params(), b.get_params())
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        state_a, state_b = optimizers[0].state[p], optimizers[1].state[q]
+        assert state_a.keys() == state_b.keys()
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert optimizers[0].state[a.classifier.weight]["exp_avg"].shape == (4, 5)
 
 
 def test_an_optimizer_with_factored_state_is_refused_before_anything_changes() -> None:

@@ -96,9 +96,10 @@ def test_resnet_trains_one_step() -> None:
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 4, (8,))
     before = net.get_params().detach()
     torch.nn.functional.cross_entropy(net(x), y).backward()
-    assert net.get_grads().abs().sum() > 0
+    grads = torch.cat([p.grad.flatten() for p in net.parameters()])
+    assert torch.equal(net.get_grads(), grads) and grads.abs().sum() > 0
     opt.step()
-    assert not torch.equal(before, net.get_params().detach())
+    torch.testing.assert_close(net.get_params().detach(), before - 0.1 * grads)
 
 
 @pytest.mark.parametrize(

@@ -125,6 +125,7 @@ def test_unscaled_gradients_under_a_grad_scaler() -> None:
     F.cross_entropy(net(x), y).backward()
     expected = net.get_grads()
     net.zero_grad()
+    before = net.get_params()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     scaler.scale(F.cross_entropy(net(x), y)).backward()
@@ -135,3 +136,5 @@ def test_unscaled_gradients_under_a_grad_scaler() -> None:
     scaler.step(optimizer)  # does not unscale a second time
     scaler.update()
     assert scaler.get_scale() == 1024.0
+    # The step used the halved, unscaled gradients that set_grads wrote.
+    torch.testing.assert_close(net.get_params(), before - 0.1 * 0.5 * expected)
