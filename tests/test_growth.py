@@ -247,3 +247,142 @@ def test_an_optimizer_with_factored_state_is_refused_before_anything_changes() -
     assert all(torch.equal(optimizer.state[weight][k], v) for k, v in before[1].items())
     net.grow_classifier(5)  # without the optimizer, the growth itself works
     assert net.classifier.weight.shape == (5, 5)
+
+
+# --- which classifier grows, and how the new units start -------------------------------------
+
+
+class HeadNamedFc(nn.Module):
+    """Not a backbone: its classifier is found through get_classifier alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(4, 3)
+        self.fc = nn.Linear(3, 2)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+
+class PlainWithClassifier(nn.Module):
+    """No get_classifier and no init_classifier: the classifier attribute, torch's default init."""
+
+    def __init__(self, bias: bool = True) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(3, 2, bias=bias)
+
+
+def test_the_classifier_is_what_get_classifier_returns() -> None:
+    net = HeadNamedFc()
+    weight = net.fc.weight
+    grow_classifier(net, 5)
+    assert net.fc.out_features == 5 and net.fc.weight is weight and net.body.out_features == 3
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_plain_module_grows_its_classifier_with_torchs_default_init(bias: bool) -> None:
+    net = PlainWithClassifier(bias)
+    old = net.classifier.weight.detach().clone()
+    torch.manual_seed(3)
+    grow_classifier(net, 5)
+    torch.manual_seed(3)
+    fresh = nn.Linear(3, 5, bias=bias)  # what a freshly made classifier of the grown size would hold
+    assert torch.equal(net.classifier.weight[:2], old)
+    assert torch.equal(net.classifier.weight[2:], fresh.weight[2:])
+    assert (net.classifier.bias is None) == (not bias)
+    if bias:
+        assert torch.equal(net.classifier.bias[2:], fresh.bias[2:])
+
+
+def test_new_units_are_initialised_by_the_backbones_init_classifier_without_a_bias() -> None:
+    net = TinyNet(num_classes=2)
+    net.classifier = nn.Linear(3, 2, bias=False)
+    torch.manual_seed(4)
+    grow_classifier(net, 6)
+    torch.manual_seed(4)
+    fresh = nn.Linear(3, 6, bias=False)
+    net.init_classifier(fresh)
+    assert net.classifier.bias is None
+    assert torch.equal(net.classifier.weight[2:], fresh.weight[2:])
+
+
+def test_a_classifier_on_the_meta_device_grows_there() -> None:
+    net = PlainWithClassifier().to("meta")
+    grow_classifier(net, 4)
+    assert net.classifier.weight.device.type == "meta" and net.classifier.weight.shape == (4, 3)
+    assert net.classifier.bias.device.type == "meta"
+
+
+class Abstract(nn.Module):
+    def get_classifier(self) -> nn.Module:
+        raise NotImplementedError
+
+
+def conv_headed() -> nn.Module:
+    net = TinyNet()
+    net.classifier = nn.Conv2d(3, 2, 1)
+    return net
+
+
+@pytest.mark.parametrize(
+    ("build", "got"),
+    [(Abstract, "NoneType"), (lambda: nn.Sequential(nn.Linear(2, 2)), "NoneType"), (conv_headed, "Conv2d")],
+)
+def test_a_missing_or_non_linear_classifier_is_named_in_the_refusal(build, got: str) -> None:  # type: ignore[no-untyped-def]
+    message = (
+        f"grow_classifier needs a torch.nn.Linear classifier, got {got}; "
+        "grow a custom head yourself, or replace it with reset_classifier"
+    )
+    with pytest.raises(TypeError) as info:
+        grow_classifier(build(), 4)
+    assert str(info.value) == message
+
+
+def test_a_parametrized_classifier_is_refused_with_the_whole_reason() -> None:
+    net = TinyNet()
+    nn.utils.parametrizations.weight_norm(net.classifier)
+    with pytest.raises(TypeError) as info:
+        grow_classifier(net, 4)
+    assert str(info.value) == (
+        "grow_classifier needs the classifier's weight to be a parameter, got one computed by a "
+        "parametrization or hook; grow the tensors it is computed from yourself"
+    )
+
+
+def test_a_non_optimizer_is_named() -> None:
+    with pytest.raises(TypeError) as info:
+        grow_classifier(TinyNet(), 4, optimizer="adam")  # type: ignore[arg-type]
+    assert str(info.value) == "optimizer must be a torch.optim.Optimizer, got str"
+
+
+@pytest.mark.parametrize(("name", "shape"), [("weight", (3,)), ("bias", (1,))])
+def test_state_of_another_shape_is_refused_naming_the_parameter(name: str, shape: tuple[int, ...]) -> None:
+    net = TinyNet()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    param = getattr(net.classifier, name)
+    optimizer.state[param]["statistic"] = torch.zeros(shape)  # one value per input, say: not growable
+    before = param.detach().clone()
+    with pytest.raises(
+        TypeError, match=rf"keeps state 'statistic' of shape \({shape[0]},\) for the classifier's {name} "
+    ):
+        grow_classifier(net, 4, optimizer=optimizer)
+    assert torch.equal(param, before) and net.num_classes == 2
+
+
+# --- mask_unseen ----------------------------------------------------------------------------
+
+
+def test_mask_unseen_keeps_one_column() -> None:
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    assert torch.equal(mask_unseen(logits, 1), torch.tensor([[1.0, -torch.inf, -torch.inf]]))
+
+
+def test_mask_unseen_refuses_a_non_tensor_by_type() -> None:
+    with pytest.raises(TypeError) as info:
+        mask_unseen([[1.0, 2.0]], 1)  # type: ignore[arg-type]
+    assert str(info.value) == "logits must be a torch.Tensor, got list"
+
+
+def test_mask_unseen_keeps_the_logits_device() -> None:
+    masked = mask_unseen(torch.zeros(2, 3, device="meta"), 2)
+    assert masked.device.type == "meta" and masked.shape == (2, 3)
