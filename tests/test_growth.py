@@ -285,8 +285,10 @@ def test_a_plain_module_grows_its_classifier_with_torchs_default_init(bias: bool
     old = net.classifier.weight.detach().clone()
     torch.manual_seed(3)
     grow_classifier(net, 5)
+    after_growth = torch.rand(1)
     torch.manual_seed(3)
     fresh = nn.Linear(3, 5, bias=bias)  # what a freshly made classifier of the grown size would hold
+    assert torch.equal(torch.rand(1), after_growth)  # and the same random numbers drawn: seeded runs repeat
     assert torch.equal(net.classifier.weight[:2], old)
     assert torch.equal(net.classifier.weight[2:], fresh.weight[2:])
     assert (net.classifier.bias is None) == (not bias)
