@@ -38,6 +38,7 @@ from .models import (
     vit_tiny_patch4_32,
     vit_tiny_patch16_224,
 )
+from .per_sample import fisher_diagonal, per_sample_grads
 from .registry import (
     RegisteredBackbone,
     get_backbone,
@@ -46,6 +47,7 @@ from .registry import (
     registered,
     unregister_backbone,
 )
+from .selection import SELECTIONS, Selection, selected_parameters
 from .shapes import num_flat_features
 from .wrappers import unwrap
 
@@ -55,6 +57,7 @@ __all__ = [
     "CONTRACT_RULES",
     "MNISTMLP",
     "RETURN_TYPES",
+    "SELECTIONS",
     "BackboneOutput",
     "BasicBlock",
     "Bottleneck",
@@ -66,6 +69,7 @@ __all__ = [
     "ResNet",
     "ReturnType",
     "RuleResult",
+    "Selection",
     "TimmBackbone",
     "TorchvisionBackbone",
     "VisionTransformer",
@@ -74,6 +78,7 @@ __all__ = [
     "check_backbone",
     "check_returnt",
     "feature_take_indices",
+    "fisher_diagonal",
     "flat_layout",
     "from_timm",
     "from_torchvision",
@@ -85,12 +90,14 @@ __all__ = [
     "list_backbones",
     "mask_unseen",
     "num_flat_features",
+    "per_sample_grads",
     "reduced_resnet18",
     "register_backbone",
     "registered",
     "resnet18",
     "resnet34",
     "resnet50",
+    "selected_parameters",
     "set_grads",
     "set_params",
     "unregister_backbone",

@@ -101,3 +101,42 @@ def test_add_grads_of_a_negative_view_into_several_gradients() -> None:
     backbone.add_grads(net, v, alpha=2)
     expected = torch.tensor([1.0, 1, 0, 0, 0, 0, 5]) - 2 * torch.arange(7.0)
     assert torch.equal(backbone.get_grads(net), expected)
+
+
+# --- what cannot be written, named ---------------------------------------------------------
+
+
+INFERENCE = (
+    "is an inference tensor (made under torch.inference_mode(), or converted from one) and cannot be written "
+    "outside inference mode; expected a normal tensor (replace it with a clone made outside inference mode)"
+)
+
+
+def test_an_inference_parameter_is_refused_outside_inference_mode_with_the_way_out() -> None:
+    with torch.inference_mode():
+        layer = nn.Linear(2, 2)
+    before = vector_of(layer.weight, layer.bias)
+    with pytest.raises(ValueError) as info:
+        backbone.set_params(layer, torch.zeros(6))
+    assert str(info.value) == f"parameter 'weight' {INFERENCE}"
+    assert torch.equal(vector_of(layer.weight, layer.bias), before)
+
+
+def test_an_inference_out_buffer_is_named_out() -> None:
+    layer = nn.Linear(2, 2)
+    with torch.inference_mode():
+        out = torch.zeros(6)
+    with pytest.raises(ValueError) as info:
+        backbone.get_params(layer, out=out)
+    assert str(info.value) == f"out {INFERENCE}"
+    with pytest.raises(ValueError) as info:
+        backbone.get_grads(layer, out=out)
+    assert str(info.value) == f"out {INFERENCE}"
+
+
+def test_an_expanded_out_buffer_is_named_out() -> None:
+    layer = nn.Linear(2, 2)
+    out = torch.zeros(1).expand(6)
+    with pytest.raises(ValueError) as info:
+        backbone.get_params(layer, out=out)
+    assert str(info.value).startswith("out cannot be written element by element: several of its elements share")

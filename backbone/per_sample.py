@@ -1,0 +1,331 @@
+"""Per-example gradients as rows of flat vectors, and the diagonal Fisher built from them.
+
+:func:`per_sample_grads` gives, for a batch, the matrix whose row ``i`` is
+what :func:`~backbone.get_grads` would read after a backward of example
+``i``'s loss alone (over the selected parameters; zeros for those that do not
+require a gradient), in one vectorised pass through :mod:`torch.func`
+instead of one forward and backward per example.
+
+:func:`fisher_diagonal` sums squared per-example gradients of
+``log p(y | x)`` over a data loader: the empirical Fisher, or, weighted by
+the predicted probability of the true label, the quantity Mammoth's
+``ewc_on`` accumulates example by example.
+
+How the module is evaluated: in the mode it is in, with its buffers as they
+are, and nothing is written to it (parameters, gradients, buffers and modes
+are left as they were). Batch normalisation in training mode is refused,
+naming the layer: its output for one example would depend on the others in
+the batch (and on a batch of one, it is undefined). Call ``module.eval()``
+first. Dropout in training mode draws a different mask for each example, as
+a loop over examples would (but not the same masks as such a loop).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+from torch.nn import functional as F
+
+from ._checks import check_module
+from .selection import Selection, selected_parameters
+
+__all__ = ["fisher_diagonal", "per_sample_grads"]
+
+#: The most elements one chunk of per-example gradients holds when fisher_diagonal picks the chunk size.
+_CHUNK_ELEMENTS = 2**25
+
+
+def per_sample_grads(
+    module: nn.Module,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    select: Selection = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """The gradient of each example's loss, one flat row per example: ``[batch, selected elements]``.
+
+    Row ``i`` equals what the per-example loop gives::
+
+        module.zero_grad()
+        loss_fn(module(inputs[i:i+1]), targets[i:i+1]).backward()
+        row_i = get_grads(module)  # restricted to the selection
+
+    so a parameter that does not require a gradient has a zero column, as a
+    missing ``.grad`` reads as zeros. The columns follow
+    :func:`~backbone.flat_layout` restricted to the selection.
+
+    Args:
+        module: the model; its ``forward(x)`` must return what ``loss_fn``
+            takes (a backbone's default ``returnt='out'`` gives logits).
+        loss_fn: ``loss_fn(output, target)`` for a batch of one, returning a
+            scalar, such as :func:`torch.nn.functional.cross_entropy`.
+        inputs: the batch ``[B, ...]``.
+        targets: the targets ``[B, ...]``, one per example.
+        select: which parameters (see :func:`~backbone.selected_parameters`);
+            all by default.
+        chunk_size: how many examples one vectorised call handles, to bound
+            memory; all at once by default.
+
+    Returns:
+        A ``[B, P]`` tensor, ``P`` the number of selected elements, in the
+        parameters' dtype (promoted when they differ).
+
+    Raises:
+        TypeError: an argument is of the wrong type.
+        ValueError: ``inputs`` and ``targets`` disagree on the batch size or
+            the batch is empty, ``chunk_size`` is not positive, a batch-norm
+            layer is in training mode, or the selection is invalid.
+
+    Example:
+        >>> import torch
+        >>> from torch.nn import functional as F
+        >>> from backbone import MNISTMLP, get_grads, per_sample_grads
+        >>> net = MNISTMLP(4, 3, hidden_size=5)
+        >>> x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
+        >>> rows = per_sample_grads(net, F.cross_entropy, x, y)
+        >>> rows.shape
+        torch.Size([6, 58])
+        >>> net.zero_grad()
+        >>> F.cross_entropy(net(x[2:3]), y[2:3]).backward()
+        >>> torch.allclose(rows[2], get_grads(net), atol=1e-6)
+        True
+    """
+    names, params = _prepare(module, inputs, targets, select, chunk_size)
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+
+    def example_loss(x: Tensor, y: Tensor, differentiated: dict[str, Tensor], fixed: dict[str, Tensor]) -> Tensor:
+        out = functional_call(module, {**fixed, **differentiated}, (x.unsqueeze(0),))
+        return _scalar(loss_fn(out, y.unsqueeze(0)))
+
+    return _rows(module, names, params, example_loss, inputs, targets, chunk_size, with_aux=False)[0]
+
+
+def fisher_diagonal(
+    module: nn.Module,
+    loader: Iterable[Any],
+    *,
+    weight_by_probability: bool = True,
+    reduction: str = "mean",
+    select: Selection = None,
+    chunk_size: int | None = None,
+    into: Tensor | None = None,
+    decay: float = 1.0,
+) -> Tensor:
+    """The diagonal Fisher of a classifier over a data loader, as a flat vector.
+
+    For each example ``(x, y)`` it takes ``g``, the gradient of
+    ``log p(y | x)`` (``log_softmax`` of ``module(x)`` at the true label),
+    and adds ``g ** 2``, times ``p(y | x)`` when ``weight_by_probability``:
+
+    * ``weight_by_probability=True`` is what Mammoth's ``models/ewc_on.py``
+      computes in ``end_task``, one forward and backward per example;
+    * ``weight_by_probability=False`` is the empirical Fisher.
+
+    The sum is divided by the number of examples (``reduction='mean'``) or
+    not (``'sum'``). Mammoth divides by ``len(loader) * batch_size``, which
+    is the number of examples when the last batch is full.
+
+    Online EWC keeps a running Fisher: pass it as ``into`` and it becomes
+    ``decay * into + fisher``, in place.
+
+    Args:
+        module: the classifier; ``module(x)`` gives logits ``[B, C]``.
+            Evaluated as :func:`per_sample_grads` evaluates it.
+        loader: an iterable of batches, each ``(inputs, targets, ...)``
+            (further items, such as Mammoth's non-augmented inputs, are
+            ignored).
+        weight_by_probability: weight each example by ``p(y | x)``.
+        reduction: ``'mean'`` or ``'sum'`` over the examples.
+        select: which parameters; all by default (the layout of
+            :func:`~backbone.get_params`).
+        chunk_size: examples per vectorised call; by default as many as keep
+            a chunk of per-example gradients under 2**25 elements.
+        into: a running Fisher to update in place.
+        decay: the factor ``into`` is multiplied by first.
+
+    Returns:
+        The Fisher (``into`` itself when given), detached, in the
+        parameters' dtype.
+
+    Raises:
+        TypeError: an argument is of the wrong type, or a batch is not a
+            sequence of at least inputs and targets.
+        ValueError: the loader yields no example, ``reduction`` is unknown,
+            ``into`` has the wrong shape, or as :func:`per_sample_grads`.
+
+    Example:
+        >>> import torch
+        >>> from backbone import MNISTMLP, fisher_diagonal
+        >>> net = MNISTMLP(4, 3, hidden_size=5).eval()
+        >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]
+        >>> fisher = fisher_diagonal(net, data)
+        >>> fisher.shape, bool((fisher >= 0).all())
+        (torch.Size([58]), True)
+        >>> online = fisher_diagonal(net, data, into=fisher.clone(), decay=0.5)
+        >>> torch.allclose(online, 1.5 * fisher)
+        True
+    """
+    module = check_module(module)
+    if not isinstance(weight_by_probability, bool):
+        raise TypeError(f"weight_by_probability must be a bool, got {type(weight_by_probability).__name__}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)):
+        raise TypeError(f"decay must be a real number, got {type(decay).__name__}")
+    if not isinstance(loader, Iterable):
+        raise TypeError(f"loader must be an iterable of (inputs, targets, ...) batches, got {type(loader).__name__}")
+    names, params = _selection(module, select)
+    total_size = sum(p.numel() for p in params)
+    dtype = _dtype(params)
+    if into is not None:
+        if not isinstance(into, Tensor):
+            raise TypeError(f"into must be a torch.Tensor, got {type(into).__name__}")
+        if into.shape != (total_size,):
+            raise ValueError(
+                f"into must have shape ({total_size},), one element per selected element, got {tuple(into.shape)}"
+            )
+    if chunk_size is None:
+        chunk_size = max(1, _CHUNK_ELEMENTS // max(1, total_size))
+
+    def log_likelihood(
+        x: Tensor, y: Tensor, differentiated: dict[str, Tensor], fixed: dict[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        logits = functional_call(module, {**fixed, **differentiated}, (x.unsqueeze(0),))
+        log_p = F.log_softmax(logits, dim=1)[0].gather(0, y.reshape(1))[0]
+        return log_p, log_p.detach()
+
+    fisher = torch.zeros(total_size, dtype=dtype, device=_device(params))
+    seen = 0
+    for batch in loader:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise TypeError(f"each batch must be a sequence (inputs, targets, ...), got {type(batch).__name__}")
+        inputs, targets = batch[0], batch[1]
+        _prepare(module, inputs, targets, select, chunk_size)
+        rows, log_p = _rows(module, names, params, log_likelihood, inputs, targets, chunk_size, with_aux=True)
+        squares = rows.square()
+        if weight_by_probability:
+            squares = squares * log_p.exp().to(squares.dtype).unsqueeze(1)
+        fisher += squares.sum(0).to(fisher.device)
+        seen += inputs.shape[0]
+    if seen == 0:
+        raise ValueError("loader yielded no example; expected at least one batch")
+    if reduction == "mean":
+        fisher /= seen
+    if into is None:
+        return fisher
+    with torch.no_grad():
+        into.mul_(decay).add_(fisher.to(into.dtype).to(into.device))
+    return into
+
+
+# --- the vectorised pass ----------------------------------------------------
+
+
+def _selection(module: nn.Module, select: Selection) -> tuple[list[str], list[nn.Parameter]]:
+    picked = selected_parameters(module, select)
+    return [name for name, _ in picked], [p for _, p in picked]
+
+
+def _prepare(
+    module: nn.Module, inputs: object, targets: object, select: Selection, chunk_size: object
+) -> tuple[list[str], list[nn.Parameter]]:
+    """Check everything before any work; return the selection."""
+    module = check_module(module)
+    names, params = _selection(module, select)
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    if inputs.dim() == 0 or targets.dim() == 0:
+        raise ValueError("inputs and targets must have a batch dimension, got a scalar")
+    if inputs.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"inputs and targets must have one row per example, got {inputs.shape[0]} inputs and "
+            f"{targets.shape[0]} targets"
+        )
+    if inputs.shape[0] == 0:
+        raise ValueError("the batch is empty; expected at least one example")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int)):
+        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
+            raise ValueError(
+                f"{type(sub).__name__} {name!r} is in training mode, where one example's output depends on the "
+                "rest of the batch; expected the module in eval mode (call module.eval() first)"
+            )
+    return names, params
+
+
+def _rows(
+    module: nn.Module,
+    names: list[str],
+    params: list[nn.Parameter],
+    example_fn: Callable[..., Any],
+    inputs: Tensor,
+    targets: Tensor,
+    chunk_size: int | None,
+    *,
+    with_aux: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """Each example's gradient over ``params`` as a row (zeros for those without requires_grad), and the aux."""
+    differentiated = {name: p.detach() for name, p in zip(names, params, strict=True) if p.requires_grad}
+    # Every other parameter enters as a constant; a tied one under its first name only (functional_call ties
+    # the rest), and buffers are the module's own.
+    fixed = {name: p.detach() for name, p in module.named_parameters() if name not in differentiated}
+    batch = inputs.shape[0]
+    dtype, device = _dtype(params), _device(params)
+    rows = torch.zeros(batch, sum(p.numel() for p in params), dtype=dtype, device=device)
+    aux = None
+    if not differentiated:
+        if with_aux:
+            with torch.no_grad():
+                aux = torch.stack([example_fn(inputs[i], targets[i], {}, fixed)[1] for i in range(batch)])
+        return rows, aux
+    by_example = vmap(
+        grad(example_fn, argnums=2, has_aux=with_aux),
+        in_dims=(0, 0, None, None),
+        randomness="different",
+        chunk_size=chunk_size,
+    )
+    with warnings.catch_warnings():
+        # torch.func runs attention without a batching rule one example at a time, and says so on every call.
+        warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+        result = by_example(inputs, targets, differentiated, fixed)
+    grads = cast(dict[str, Tensor], result[0] if with_aux else result)
+    offset = 0
+    for name, p in zip(names, params, strict=True):
+        if name in grads:
+            rows[:, offset : offset + p.numel()] = grads[name].reshape(batch, -1)
+        offset += p.numel()
+    if with_aux:
+        aux = cast(Tensor, result[1])
+    return rows, aux
+
+
+def _scalar(loss: object) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar for a batch of one example, got {shape}")
+    return loss.reshape(())
+
+
+def _dtype(params: list[nn.Parameter]) -> torch.dtype:
+    dtypes = {p.dtype for p in params}
+    if not dtypes:
+        return torch.get_default_dtype()
+    return functools.reduce(torch.promote_types, dtypes)
+
+
+def _device(params: list[nn.Parameter]) -> torch.device:
+    return params[0].device if params else torch.device("cpu")

@@ -1,0 +1,295 @@
+"""Per-example gradients and the Fisher diagonal, against the per-example loops they replace."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from nets import TiedFrozenUnused, TinyNet
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+import backbone
+from backbone import fisher_diagonal, per_sample_grads, selected_parameters
+
+
+def loop_rows(net: nn.Module, loss_fn, x: Tensor, y: Tensor, select=None) -> Tensor:  # type: ignore[no-untyped-def]
+    """One forward and backward per example, each row read back as torch.cat of the selected .grad (zeros if None)."""
+    picked = selected_parameters(net, select)
+    rows = []
+    for i in range(x.shape[0]):
+        for _, p in picked:
+            p.grad = None
+        loss_fn(net(x[i : i + 1]), y[i : i + 1]).backward()
+        rows.append(torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.reshape(-1) for _, p in picked]))
+    for _, p in picked:
+        p.grad = None
+    return torch.stack(rows)
+
+
+def assert_rows_close(rows: Tensor, expected: Tensor) -> None:
+    """Equal within 1e-6 of the largest entry (float32), the bound the docs promise."""
+    assert rows.shape == expected.shape
+    scale = float(expected.abs().max())
+    assert float((rows - expected).abs().max()) <= 1e-6 * max(scale, 1.0), float((rows - expected).abs().max())
+
+
+def small_vit() -> backbone.VisionTransformer:
+    return backbone.VisionTransformer(img_size=16, patch_size=4, num_classes=3, embed_dim=8, depth=2, num_heads=2)
+
+
+NETS = {
+    "mnistmlp": (lambda: backbone.MNISTMLP(6, 3, hidden_size=5), (5, 6)),
+    "resnet18": (lambda: backbone.resnet18(3, num_filters=4).eval(), (4, 3, 8, 8)),
+    "vit": (lambda: small_vit().eval(), (3, 3, 16, 16)),
+    "tied-frozen": (TiedFrozenUnused, (5, 4)),
+}
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_rows_equal_the_per_example_loop(name: str) -> None:
+    torch.manual_seed(0)
+    make, shape = NETS[name]
+    net = make()
+    x, y = torch.randn(shape), torch.randint(0, 2, (shape[0],))
+    rows = per_sample_grads(net, F.cross_entropy, x, y)
+    assert rows.shape == (shape[0], backbone.get_params(net).numel())
+    assert_rows_close(rows, loop_rows(net, F.cross_entropy, x, y))
+    assert all(p.grad is None for p in net.parameters())  # nothing written to the model
+
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 3, 100])
+def test_chunks_give_the_same_rows(chunk_size: int) -> None:
+    torch.manual_seed(1)
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    x, y = torch.randn(5, 6), torch.randint(0, 3, (5,))
+    whole = per_sample_grads(net, F.cross_entropy, x, y)
+    assert torch.allclose(per_sample_grads(net, F.cross_entropy, x, y, chunk_size=chunk_size), whole, atol=1e-7)
+
+
+@pytest.mark.parametrize("select", ["trainable", "no_classifier", ["fc2.bias", "classifier.weight"]])
+def test_a_selection_gives_the_selected_columns_of_the_loop(select: object) -> None:
+    torch.manual_seed(2)
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    net.fc1.requires_grad_(False)
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    rows = per_sample_grads(net, F.cross_entropy, x, y, select=select)
+    assert_rows_close(rows, loop_rows(net, F.cross_entropy, x, y, select))
+
+
+def test_a_frozen_parameter_in_the_selection_has_zero_columns() -> None:
+    torch.manual_seed(3)
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    net.fc1.requires_grad_(False)
+    rows = per_sample_grads(net, F.cross_entropy, torch.randn(4, 6), torch.randint(0, 3, (4,)))
+    span = backbone.flat_layout(net).span("fc1")
+    assert not rows[:, span].any() and rows[:, span.stop :].any()
+
+
+def test_the_model_as_it_is_at_each_call_through_random_changes() -> None:
+    rng = random.Random(0)
+    torch.manual_seed(4)
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    for _ in range(8):
+        change = rng.choice(["freeze", "unfreeze", "perturb", "grow", "replace", "train-step"])
+        if change == "freeze":
+            rng.choice([net.fc1, net.fc2, net.classifier]).requires_grad_(False)
+        elif change == "unfreeze":
+            net.requires_grad_(True)
+        elif change == "perturb":
+            backbone.set_params(
+                net, backbone.get_params(net).detach() + 0.1 * torch.randn(backbone.get_params(net).numel())
+            )
+        elif change == "grow":
+            net.grow_classifier(net.num_classes + 1)
+        elif change == "replace":
+            net.fc2.bias = nn.Parameter(torch.randn(5))
+        else:
+            optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+            F.cross_entropy(net(x), y).backward()
+            optimizer.step()
+            net.zero_grad(set_to_none=True)
+        rows = per_sample_grads(net, F.cross_entropy, x, y)
+        assert_rows_close(rows, loop_rows(net, F.cross_entropy, x, y))
+
+
+def test_any_loss_of_one_example() -> None:
+    torch.manual_seed(5)
+    net = TinyNet(num_classes=2)
+    x, y = torch.randn(3, 4), torch.randn(3, 2)
+
+    def squared(out: Tensor, target: Tensor) -> Tensor:
+        return ((out - target) ** 2).sum()
+
+    assert_rows_close(per_sample_grads(net, squared, x, y), loop_rows(net, squared, x, y))
+
+
+def test_batch_norm_in_training_mode_is_refused_naming_the_layer_and_nothing_changes() -> None:
+    net = backbone.resnet18(3, num_filters=4)
+    state = copy.deepcopy(net.state_dict())
+    with pytest.raises(ValueError) as info:
+        per_sample_grads(net, F.cross_entropy, torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+    assert str(info.value) == (
+        "BatchNorm2d 'bn1' is in training mode, where one example's output depends on the rest of the batch; "
+        "expected the module in eval mode (call module.eval() first)"
+    )
+    assert net.training and all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+def test_dropout_in_training_mode_draws_per_example_masks() -> None:
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(4, 64), nn.Dropout(0.5), nn.Linear(64, 1))
+    x = torch.randn(1, 4).expand(6, 4)  # the same example six times
+    rows = per_sample_grads(net, lambda out, t: out.sum(), x, torch.zeros(6))
+    assert len({tuple(r.tolist()) for r in rows}) > 1  # masks differ between examples
+    net.eval()
+    rows = per_sample_grads(net, lambda out, t: out.sum(), x, torch.zeros(6))
+    assert all(torch.equal(r, rows[0]) for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error", "message"),
+    [
+        ((torch.randn(3, 6), torch.tensor([0, 1])), {}, ValueError, "got 3 inputs and 2 targets"),
+        ((torch.randn(0, 6), torch.zeros(0, dtype=torch.long)), {}, ValueError, "the batch is empty"),
+        (
+            (torch.randn(2, 6), torch.tensor([0, 1])),
+            {"chunk_size": 0},
+            ValueError,
+            "chunk_size must be positive, got 0",
+        ),
+        (
+            (torch.randn(2, 6), torch.tensor([0, 1])),
+            {"chunk_size": 1.5},
+            TypeError,
+            "chunk_size must be an int or None",
+        ),
+        (([[0.0] * 6], torch.tensor([0])), {}, TypeError, "inputs must be a torch.Tensor, got list"),
+        ((torch.randn(2, 6), [0, 1]), {}, TypeError, "targets must be a torch.Tensor, got list"),
+        ((torch.randn(2, 6), torch.tensor([0, 1])), {"select": "heads"}, ValueError, "select must be one of"),
+        ((torch.randn(2, 6), torch.tensor([0, 1])), {"select": []}, ValueError, "picks no parameter of MNISTMLP"),
+    ],
+)
+def test_bad_arguments_are_refused(args: tuple, kwargs: dict, error: type[Exception], message: str) -> None:  # type: ignore[type-arg]
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    with pytest.raises(error, match=message.replace("(", r"\(")):
+        per_sample_grads(net, F.cross_entropy, *args, **kwargs)
+
+
+def test_a_loss_that_is_not_a_scalar_is_refused() -> None:
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    with pytest.raises(ValueError, match=r"loss_fn must return a scalar for a batch of one example, got \(1, 3\)"):
+        per_sample_grads(net, lambda out, t: out, torch.randn(2, 6), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="loss_fn must be callable, got str"):
+        per_sample_grads(net, "cross_entropy", torch.randn(2, 6), torch.tensor([0, 1]))  # type: ignore[arg-type]
+
+
+# --- the Fisher ------------------------------------------------------------------------------
+
+
+def mammoth_fisher(net: nn.Module, loader: list[tuple[Tensor, Tensor]], batch_size: int) -> Tensor:
+    """The loop of Mammoth's models/ewc_on.py end_task, written from its behaviour: one example at a time."""
+    fish = torch.zeros_like(backbone.get_params(net))
+    for inputs, labels in loader:
+        for ex, lab in zip(inputs, labels, strict=True):
+            net.zero_grad()
+            output = net(ex.unsqueeze(0))
+            loss = -F.nll_loss(F.log_softmax(output, dim=1), lab.unsqueeze(0), reduction="none")
+            exp_cond_prob = torch.mean(torch.exp(loss.detach().clone()))
+            loss = torch.mean(loss)
+            loss.backward()
+            fish += exp_cond_prob * backbone.get_grads(net) ** 2
+    fish /= len(loader) * batch_size
+    net.zero_grad()
+    return fish
+
+
+def data(batches: int, batch_size: int, shape: tuple[int, ...], classes: int, seed: int) -> list[tuple[Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(batch_size, *shape, generator=generator),
+            torch.randint(0, classes, (batch_size,), generator=generator),
+        )
+        for _ in range(batches)
+    ]
+
+
+@pytest.mark.parametrize("name", ["mnistmlp", "resnet18", "vit"])
+def test_the_fisher_equals_mammoths_ewc_on_loop(name: str) -> None:
+    torch.manual_seed(7)
+    make, shape = NETS[name]
+    net = make().eval()
+    loader = data(3, 4, shape[1:], 3, seed=8)
+    expected = mammoth_fisher(net, loader, batch_size=4)
+    fisher = fisher_diagonal(net, loader)
+    assert fisher.shape == expected.shape
+    assert float((fisher - expected).abs().max()) <= 1e-6 * float(expected.abs().max())
+
+
+def test_the_empirical_fisher_is_the_mean_of_squared_log_likelihood_gradients() -> None:
+    torch.manual_seed(9)
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    loader = data(2, 3, (6,), 3, seed=10) + data(1, 2, (6,), 3, seed=11)  # a short last batch
+    x = torch.cat([b[0] for b in loader])
+    y = torch.cat([b[1] for b in loader])
+    rows = loop_rows(net, lambda out, t: F.log_softmax(out, 1)[0, t[0]], x, y)
+    expected = rows.square().mean(0)
+    fisher = fisher_diagonal(net, loader, weight_by_probability=False)
+    assert float((fisher - expected).abs().max()) <= 1e-6 * float(expected.abs().max())
+    total = fisher_diagonal(net, loader, weight_by_probability=False, reduction="sum")
+    torch.testing.assert_close(total, expected * 8)
+
+
+def test_online_decay_updates_the_kept_fisher_in_place() -> None:
+    torch.manual_seed(12)
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    loader = data(2, 3, (6,), 3, seed=13)
+    fresh = fisher_diagonal(net, loader)
+    kept = torch.rand_like(fresh)
+    start = kept.clone()
+    assert fisher_diagonal(net, loader, into=kept, decay=0.9) is kept
+    torch.testing.assert_close(kept, 0.9 * start + fresh)
+
+
+def test_the_fisher_over_a_selection_is_the_selected_part() -> None:
+    torch.manual_seed(14)
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    loader = data(2, 3, (6,), 3, seed=15)
+    whole = fisher_diagonal(net, loader)
+    part = fisher_diagonal(net, loader, select="no_classifier")
+    torch.testing.assert_close(part, whole[: backbone.flat_layout(net).span("classifier").start])
+
+
+def test_mammoths_loader_items_after_the_targets_are_ignored() -> None:
+    torch.manual_seed(16)
+    net = backbone.MNISTMLP(6, 3, hidden_size=5)
+    loader = data(2, 3, (6,), 3, seed=17)
+    with_extra = [(x, y, x.clone(), torch.arange(3)) for x, y in loader]  # (inputs, labels, not_aug_inputs, ...)
+    torch.testing.assert_close(fisher_diagonal(net, with_extra), fisher_diagonal(net, loader))
+
+
+@pytest.mark.parametrize(
+    ("loader", "kwargs", "error", "message"),
+    [
+        ([], {}, ValueError, "loader yielded no example"),
+        ([torch.zeros(2, 6)], {}, TypeError, "each batch must be a sequence (inputs, targets, ...), got Tensor"),
+        (None, {}, TypeError, "loader must be an iterable"),
+        ("default", {"reduction": "max"}, ValueError, "reduction must be 'mean' or 'sum', got 'max'"),
+        ("default", {"into": torch.zeros(3)}, ValueError, "into must have shape (73,), one element per selected element, got (3,)"),
+        ("default", {"decay": "0.9"}, TypeError, "decay must be a real number, got str"),
+        ("default", {"weight_by_probability": 1}, TypeError, "weight_by_probability must be a bool, got int"),
+    ],
+)
+def test_fisher_refuses_bad_arguments(loader: object, kwargs: dict, error: type[Exception], message: str) -> None:  # type: ignore[type-arg]
+    net = backbone.MNISTMLP(4, 3, hidden_size=5)
+    if loader == "default":
+        loader = data(1, 2, (4,), 3, seed=0)
+    before = backbone.get_params(net).detach().clone()
+    with pytest.raises(error) as info:
+        fisher_diagonal(net, loader, **kwargs)  # type: ignore[arg-type]
+    assert message in str(info.value)
+    assert torch.equal(backbone.get_params(net), before) and all(p.grad is None for p in net.parameters())
