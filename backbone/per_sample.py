@@ -1,12 +1,12 @@
 """Per-example gradients as rows of flat vectors, and the diagonal Fisher built from them.
 
-:func:`per_sample_grads` gives, for a batch, the matrix whose row ``i`` is
+:func:`~backbone.per_sample_grads` gives, for a batch, the matrix whose row ``i`` is
 what :func:`~backbone.get_grads` would read after a backward of example
 ``i``'s loss alone (over the selected parameters; zeros for those that do not
 require a gradient), in one vectorised pass through :mod:`torch.func`
 instead of one forward and backward per example.
 
-:func:`fisher_diagonal` sums squared per-example gradients of
+:func:`~backbone.fisher_diagonal` sums squared per-example gradients of
 ``log p(y | x)`` over a data loader: the empirical Fisher, or, weighted by
 the predicted probability of the true label, the quantity Mammoth's
 ``ewc_on`` accumulates example by example.
@@ -92,7 +92,7 @@ def per_sample_grads(
         >>> x, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
         >>> rows = per_sample_grads(net, F.cross_entropy, x, y)
         >>> rows.shape
-        torch.Size([6, 58])
+        torch.Size([6, 73])
         >>> net.zero_grad()
         >>> F.cross_entropy(net(x[2:3]), y[2:3]).backward()
         >>> torch.allclose(rows[2], get_grads(net), atol=1e-6)
@@ -169,7 +169,7 @@ def fisher_diagonal(
         >>> data = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(2)]
         >>> fisher = fisher_diagonal(net, data)
         >>> fisher.shape, bool((fisher >= 0).all())
-        (torch.Size([58]), True)
+        (torch.Size([73]), True)
         >>> online = fisher_diagonal(net, data, into=fisher.clone(), decay=0.5)
         >>> torch.allclose(online, 1.5 * fisher)
         True
@@ -212,7 +212,7 @@ def fisher_diagonal(
         _prepare(module, inputs, targets, select, chunk_size)
         rows, log_p = _rows(module, names, params, log_likelihood, inputs, targets, chunk_size, with_aux=True)
         squares = rows.square()
-        if weight_by_probability:
+        if weight_by_probability and log_p is not None:
             squares = squares * log_p.exp().to(squares.dtype).unsqueeze(1)
         fisher += squares.sum(0).to(fisher.device)
         seen += inputs.shape[0]

@@ -71,10 +71,10 @@ def selected_parameters(module: nn.Module, select: Selection = None) -> list[tup
         ['fc2.weight', 'fc2.bias', 'classifier.weight', 'classifier.bias']
         >>> [name for name, _ in selected_parameters(net, ["classifier.bias"])]
         ['classifier.bias']
-        >>> selected_parameters(net, ["classifier.bais"])
+        >>> selected_parameters(net, ["classifier.bais"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        ValueError: select names 'classifier.bais', which MNISTMLP has no parameter of; did you mean 'classifier.bias'?
+        ValueError: select names 'classifier.bais', which MNISTMLP has no parameter of; did you mean ...?
     """
     module = check_module(module)
     names, params = walk(module)

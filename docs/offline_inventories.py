@@ -46,6 +46,8 @@ TORCH: list[tuple[str, str, str]] = [
     ("torch.no_grad", "py:function", "generated/torch.no_grad.html#$"),
     ("torch.inference_mode", "py:function", "generated/torch.autograd.grad_mode.inference_mode.html"),
     ("torch.autocast", "py:function", "amp.html#$"),
+    ("torch.func", "py:module", "func.html#module-$"),
+    ("torch.nn.functional.cross_entropy", "py:function", "generated/torch.nn.functional.cross_entropy.html#$"),
     # Type hints name the class where it is defined; the docs use the short name.
     ("torch.nn.Module", "py:class", "generated/torch.nn.Module.html#$"),
     ("torch.nn.modules.module.Module", "py:class", "generated/torch.nn.Module.html#torch.nn.Module"),

@@ -279,7 +279,7 @@ def test_mammoths_loader_items_after_the_targets_are_ignored() -> None:
         ([torch.zeros(2, 6)], {}, TypeError, "each batch must be a sequence (inputs, targets, ...), got Tensor"),
         (None, {}, TypeError, "loader must be an iterable"),
         ("default", {"reduction": "max"}, ValueError, "reduction must be 'mean' or 'sum', got 'max'"),
-        ("default", {"into": torch.zeros(3)}, ValueError, "into must have shape (73,), one element per selected element, got (3,)"),
+        ("default", {"into": torch.zeros(3)}, ValueError, "into must have shape (73,), one element per"),
         ("default", {"decay": "0.9"}, TypeError, "decay must be a real number, got str"),
         ("default", {"weight_by_probability": 1}, TypeError, "weight_by_probability must be a bool, got int"),
     ],
