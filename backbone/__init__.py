@@ -22,7 +22,7 @@ from .check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
 from .flat import add_grads, get_grads, get_grads_list, get_params, set_grads, set_params
 from .growth import grow_classifier, mask_unseen
 from .init import xavier
-from .layout import FlatLayout, LayoutEntry, carry_vector, flat_layout
+from .layout import SELECTIONS, FlatLayout, LayoutEntry, Selection, carry_vector, flat_layout, selected_parameters
 from .models import (
     MNISTMLP,
     BasicBlock,
@@ -47,7 +47,6 @@ from .registry import (
     registered,
     unregister_backbone,
 )
-from .selection import SELECTIONS, Selection, selected_parameters
 from .shapes import num_flat_features
 from .wrappers import unwrap
 

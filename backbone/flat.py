@@ -8,6 +8,10 @@ vector, each parameter flattened in row-major order: the layout that
 :class:`torch.nn.Module`; :class:`~backbone.MammothBackbone` exposes them as
 methods.
 
+With ``select=`` (see :func:`~backbone.selected_parameters`) the vector
+covers only the selected parameters, in the same order; every promise below
+holds for it, over those parameters, and the cost grows with their size.
+
 The one invariant: every call's result equals the plain definition, worked
 out from the module as it is at that call,
 
@@ -43,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch._utils import _unflatten_dense_tensors
 
-from .layout import walk
+from .layout import Selection, selected_parameters, walk
 
 __all__ = ["add_grads", "get_grads", "get_grads_list", "get_params", "set_grads", "set_params"]
 
@@ -386,7 +390,15 @@ def _slices(vector: Tensor, params: list[nn.Parameter], *, convert: bool) -> lis
 # --- the public functions ---------------------------------------------------
 
 
-def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
+def _walk(module: nn.Module, select: Selection) -> tuple[list[str], list[nn.Parameter]]:
+    """The selected parameters and their names, in flat-vector order (all of them for None)."""
+    if select is None:
+        return walk(module)
+    picked = selected_parameters(module, select)
+    return [name for name, _ in picked], [p for _, p in picked]
+
+
+def get_params(module: nn.Module, *, out: Tensor | None = None, select: Selection = None) -> Tensor:
     """Concatenate all parameters of ``module`` into one 1-D tensor.
 
     Without ``out`` the result is differentiable: a loss computed from it
@@ -395,6 +407,9 @@ def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
 
     Args:
         module: the module whose parameters are read.
+        select: which parameters the vector covers (see
+            :func:`~backbone.selected_parameters`, whose errors an invalid one
+            raises); all of them by default.
         out: a 1-D tensor to write into instead of allocating, with one
             element per parameter element and exactly the result's dtype; it
             must share no memory with the parameters or their gradients. No
@@ -427,7 +442,7 @@ def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
         ...
         TypeError: out must have the result's dtype torch.float32, got torch.int64
     """
-    names, params = walk(module)
+    names, params = _walk(module, select)
     if out is not None:
         grads = list(map(_grad, params))
         out = _check_out(out, names, params, grads, list(params), "parameter")
@@ -442,7 +457,7 @@ def get_params(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
     return torch.cat([p.reshape(-1).to(device) for p in params])
 
 
-def set_params(module: nn.Module, new_params: Tensor) -> None:
+def set_params(module: nn.Module, new_params: Tensor, *, select: Selection = None) -> None:
     """Copy a flat vector into the parameters of ``module``, in place.
 
     The parameter objects stay the same (optimizers and hooks keep working) and
@@ -454,6 +469,9 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
 
     Args:
         module: the module whose parameters are overwritten.
+        select: which parameters the vector covers (see
+            :func:`~backbone.selected_parameters`, whose errors an invalid one
+            raises); all of them by default.
         new_params: a 1-D tensor with one element per parameter element, in
             the order of :func:`get_params`.
 
@@ -475,7 +493,7 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
         Parameter containing:
         tensor([6., 7.], requires_grad=True)
     """
-    names, params = walk(module)
+    names, params = _walk(module, select)
     source = _check_vector(new_params, sum(p.numel() for p in params), "new_params")
     _check_castable(source, set(map(_dtype, params)), "new_params")
     _check_writable(list(params), lambda i: f"parameter {names[i]!r}")
@@ -485,7 +503,7 @@ def set_params(module: nn.Module, new_params: Tensor) -> None:
         _copy_all(list(params), _slices(source, params, convert=True))
 
 
-def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
+def get_grads(module: nn.Module, *, out: Tensor | None = None, select: Selection = None) -> Tensor:
     """Concatenate all gradients of ``module`` into one 1-D tensor.
 
     The layout is that of :func:`get_params`. A parameter whose ``.grad`` is
@@ -495,6 +513,9 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
 
     Args:
         module: the module whose gradients are read.
+        select: which parameters the vector covers (see
+            :func:`~backbone.selected_parameters`, whose errors an invalid one
+            raises); all of them by default.
         out: a 1-D tensor to write into instead of allocating, with one
             element per parameter element and exactly the result's dtype; it
             must share no memory with the parameters or their gradients.
@@ -520,7 +541,7 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
         >>> get_grads(layer)
         tensor([1., 1., 1., 1., 1., 1., 1., 1.])
     """
-    names, params = walk(module)
+    names, params = _walk(module, select)
     grads = list(map(_grad, params))
     _check_grads(names, params, grads)
     if out is None:
@@ -530,7 +551,7 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None) -> Tensor:
     return _gather(params, grads, out)
 
 
-def set_grads(module: nn.Module, new_grads: Tensor) -> None:
+def set_grads(module: nn.Module, new_grads: Tensor, *, select: Selection = None) -> None:
     """Copy a flat vector into the gradients of ``module``.
 
     Each existing ``.grad`` is overwritten in place. Where ``.grad`` is
@@ -548,6 +569,9 @@ def set_grads(module: nn.Module, new_grads: Tensor) -> None:
 
     Args:
         module: the module whose gradients are overwritten.
+        select: which parameters the vector covers (see
+            :func:`~backbone.selected_parameters`, whose errors an invalid one
+            raises); all of them by default.
         new_grads: a 1-D tensor with one element per parameter element, in
             the order of :func:`get_params`.
 
@@ -569,10 +593,10 @@ def set_grads(module: nn.Module, new_grads: Tensor) -> None:
         >>> layer.bias.grad
         tensor([6., 7.])
     """
-    _write_grads(module, new_grads, "new_grads", None)
+    _write_grads(module, new_grads, "new_grads", None, select)
 
 
-def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0) -> None:
+def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0, select: Selection = None) -> None:
     """Add ``alpha * vector`` into the gradients of ``module``, in place.
 
     It is :func:`set_grads`'s counterpart for penalties whose gradient is
@@ -586,6 +610,9 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0) -> None:
 
     Args:
         module: the module whose gradients grow.
+        select: which parameters the vector covers (see
+            :func:`~backbone.selected_parameters`, whose errors an invalid one
+            raises); all of them by default.
         vector: a 1-D tensor with one element per parameter element, in the
             order of :func:`get_params`.
         alpha: the factor ``vector`` is multiplied by.
@@ -615,12 +642,12 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0) -> None:
         raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
     if isinstance(alpha, int) and not -(2**63) <= alpha < 2**63:
         raise ValueError(f"alpha must fit in 64 bits, got {alpha}")
-    _write_grads(module, vector, "vector", alpha)
+    _write_grads(module, vector, "vector", alpha, select)
 
 
-def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | None) -> None:
+def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | None, select: Selection) -> None:
     """Set (alpha None) or add ``alpha *`` the vector into every gradient, after checking everything."""
-    names, params = walk(module)
+    names, params = _walk(module, select)
     source = _check_vector(vector, sum(p.numel() for p in params), name)
     grads: list[Tensor | None] = list(map(_grad, params))
     for i, grad in enumerate(grads):
@@ -662,7 +689,7 @@ def _fresh(p: Tensor, piece: Tensor, alpha: float | None) -> Tensor:
     return grad.copy_(piece) if alpha is None else grad.zero_().add_(piece, alpha=alpha)
 
 
-def get_grads_list(module: nn.Module) -> list[Tensor]:
+def get_grads_list(module: nn.Module, *, select: Selection = None) -> list[Tensor]:
     """Return one flat gradient per parameter, in the order of :func:`get_params`.
 
     Each entry is a 1-D tensor in its parameter's dtype that owns its memory,
@@ -675,6 +702,9 @@ def get_grads_list(module: nn.Module) -> list[Tensor]:
 
     Args:
         module: the module whose gradients are read.
+        select: which parameters the vector covers (see
+            :func:`~backbone.selected_parameters`, whose errors an invalid one
+            raises); all of them by default.
 
     Returns:
         A list with one 1-D tensor per parameter.
@@ -692,7 +722,7 @@ def get_grads_list(module: nn.Module) -> list[Tensor]:
         >>> torch.equal(torch.cat(get_grads_list(layer)), get_grads(layer))
         True
     """
-    names, params = walk(module)
+    names, params = _walk(module, select)
     grads = list(map(_grad, params))
     _check_grads(names, params, grads)
     if _fused(params):

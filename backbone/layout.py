@@ -7,13 +7,34 @@ network changes shape (a classifier that grows), the layout changes, and every
 vector a method keeps (an EWC anchor and importance, an A-GEM reference
 gradient) must move with it. :func:`~backbone.flat_layout` describes a layout;
 :func:`~backbone.carry_vector` moves a vector from one layout to another.
+
+A vector may also cover a *selection* of the parameters, given at the call
+as ``select=`` and resolved against the module as it is then (nothing is
+remembered):
+
+* ``None`` or ``"all"``: every parameter, frozen ones included (the
+  default everywhere, as the documented contract has it);
+* ``"trainable"``: the parameters whose ``requires_grad`` is set now;
+* ``"no_classifier"``: every parameter but the classifier's (what Mammoth's
+  ViT calls ``discard_classifier=True``); the classifier is
+  ``module.get_classifier()``, or ``module.classifier`` for a module without
+  that method;
+* a predicate ``(name, parameter) -> bool``;
+* an iterable of parameter names (a tied parameter answers to any of its
+  names);
+* a :class:`FlatLayout` taken earlier with the same selection: its
+  parameters, which must still be there with the same shapes and dtypes.
+
+The selected parameters keep the flat-vector order. An explicit selection
+that picks nothing is an error.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +42,7 @@ from torch import Tensor, nn
 
 from ._checks import check_module
 
-__all__ = ["FlatLayout", "LayoutEntry", "carry_vector", "flat_layout"]
+__all__ = ["SELECTIONS", "FlatLayout", "LayoutEntry", "Selection", "carry_vector", "flat_layout", "selected_parameters"]
 
 
 @dataclass(frozen=True)
@@ -180,15 +201,18 @@ class FlatLayout:
         return vector[entry.offset : entry.stop].view(entry.shape)
 
 
-def flat_layout(module: nn.Module) -> FlatLayout:
+def flat_layout(module: nn.Module, *, select: Selection = None) -> FlatLayout:
     """Describe the flat vectors of ``module``: each parameter's name, offset, shape and dtype.
 
     The order is that of :func:`~backbone.get_params` and
     :func:`~backbone.get_grads` (``named_parameters()``, each tied parameter
-    once, frozen ones included).
+    once, frozen ones included); with ``select``, that of the vectors they
+    give with the same selection.
 
     Args:
         module: any module.
+        select: which parameters (see :func:`selected_parameters`); all by
+            default.
 
     Returns:
         The layout.
@@ -201,8 +225,14 @@ def flat_layout(module: nn.Module) -> FlatLayout:
         >>> from backbone import flat_layout
         >>> [(e.name, e.offset, e.shape) for e in flat_layout(nn.Linear(3, 2))]
         [('weight', 0, (2, 3)), ('bias', 6, (2,))]
+        >>> [(e.name, e.offset) for e in flat_layout(nn.Linear(3, 2), select=["bias"])]
+        [('bias', 0)]
     """
-    names, params = walk(module)
+    if select is None:
+        names, params = walk(module)
+    else:
+        picked = selected_parameters(module, select)
+        names, params = [name for name, _ in picked], [p for _, p in picked]
     entries, offset = [], 0
     for name, p in zip(names, params, strict=True):
         entries.append(LayoutEntry(name, offset, tuple(p.shape), p.dtype))
@@ -431,3 +461,158 @@ def carry_vector(
         block = tuple(slice(0, size) for size in was.shape)
         target[block] = vector[was.offset : was.stop].view(was.shape)
     return out
+
+
+# --- selections -----------------------------------------------------------------
+
+
+#: The selections that are spelled as a string.
+SELECTIONS = ("all", "trainable", "no_classifier")
+
+Selection = str | Callable[[str, nn.Parameter], bool] | Iterable[str] | FlatLayout | None
+"""What ``select=`` accepts: a name in :data:`SELECTIONS`, ``None`` (all), a predicate, names or a layout."""
+
+
+def selected_parameters(module: nn.Module, select: Selection = None) -> list[tuple[str, nn.Parameter]]:
+    """The parameters of ``module`` that ``select`` picks, with their names, in flat-vector order.
+
+    Args:
+        module: any module.
+        select: ``None`` or ``"all"``, ``"trainable"``, ``"no_classifier"``,
+            a predicate ``(name, parameter) -> bool``, an iterable of
+            parameter names, or a :class:`~backbone.FlatLayout`.
+
+    Returns:
+        ``(name, parameter)`` pairs, as ``named_parameters()`` orders them
+        (each tied parameter once, under its first name).
+
+    Raises:
+        TypeError: ``module`` is not a module; ``select`` is of none of the
+            accepted kinds, a predicate returns something other than a bool,
+            or ``"no_classifier"`` is asked of a module without a classifier.
+        ValueError: ``select`` is an unknown string or names a parameter
+            the module does not have (the message lists close matches); a
+            layout no longer matches the module; or an explicit selection
+            picks no parameter.
+
+    Example:
+        >>> from backbone import MNISTMLP, selected_parameters
+        >>> net = MNISTMLP(4, 3, hidden_size=5)
+        >>> [name for name, _ in selected_parameters(net, "no_classifier")]
+        ['fc1.weight', 'fc1.bias', 'fc2.weight', 'fc2.bias']
+        >>> _ = net.fc1.requires_grad_(False)
+        >>> [name for name, _ in selected_parameters(net, "trainable")]
+        ['fc2.weight', 'fc2.bias', 'classifier.weight', 'classifier.bias']
+        >>> [name for name, _ in selected_parameters(net, ["classifier.bias"])]
+        ['classifier.bias']
+        >>> selected_parameters(net, ["classifier.bais"])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: select names 'classifier.bais', which MNISTMLP has no parameter of; did you mean ...?
+    """
+    names, params = walk(module)
+    if select is None or (isinstance(select, str) and select == "all"):
+        return list(zip(names, params, strict=True))
+    keep = _keep(module, names, params, select)
+    picked = [(name, p) for name, p, k in zip(names, params, keep, strict=True) if k]
+    if not picked:
+        raise ValueError(
+            f"select={_describe(select)} picks no parameter of {type(module).__name__}; "
+            "expected a selection of at least one parameter"
+        )
+    return picked
+
+
+def _keep(module: nn.Module, names: list[str], params: list[nn.Parameter], select: object) -> list[bool]:
+    if isinstance(select, str):
+        if select == "trainable":
+            return [p.requires_grad for p in params]
+        if select == "no_classifier":
+            classifier = {id(p) for p in _classifier(module).parameters()}
+            return [id(p) not in classifier for p in params]
+        raise ValueError(
+            f"select must be one of {', '.join(map(repr, SELECTIONS))}, a predicate, parameter names or a "
+            f"FlatLayout, got {select!r}"
+        )
+    if isinstance(select, FlatLayout):
+        return _keep_layout(module, names, params, select)
+    if callable(select):
+        keep = []
+        for name, p in zip(names, params, strict=True):
+            answer = select(name, p)
+            if not isinstance(answer, bool):
+                raise TypeError(
+                    f"select's predicate must return a bool, got {type(answer).__name__} for parameter {name!r}"
+                )
+            keep.append(answer)
+        return keep
+    if isinstance(select, Iterable) and not isinstance(select, (bytes, dict)):
+        wanted = list(select)
+        if not all(isinstance(name, str) for name in wanted):
+            bad = next(name for name in wanted if not isinstance(name, str))
+            raise TypeError(f"select's parameter names must be strings, got {type(bad).__name__}")
+        ids = _ids_by_name(module)
+        for name in wanted:
+            if name not in ids:
+                close = difflib.get_close_matches(name, list(ids), n=3)
+                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"select names {name!r}, which {type(module).__name__} has no parameter of{hint}")
+        chosen = {ids[name] for name in wanted}
+        return [id(p) in chosen for p in params]
+    raise TypeError(
+        f"select must be one of {', '.join(map(repr, SELECTIONS))}, None, a predicate, parameter names or a "
+        f"FlatLayout, got {type(select).__name__}"
+    )
+
+
+def _keep_layout(module: nn.Module, names: list[str], params: list[nn.Parameter], layout: FlatLayout) -> list[bool]:
+    """The parameters a layout covers, refused unless each is still there as the layout describes it."""
+    index = {name: i for i, name in enumerate(names)}
+    positions = []
+    for entry in layout:
+        i = index.get(entry.name)
+        if i is None:
+            raise ValueError(
+                f"select's layout covers {entry.name!r}, which {type(module).__name__} no longer has; "
+                "expected a layout of this module as it is now"
+            )
+        p = params[i]
+        if tuple(p.shape) != entry.shape or p.dtype != entry.dtype:
+            raise ValueError(
+                f"select's layout has {entry.name!r} as {entry.shape} {entry.dtype}, but it is now "
+                f"{tuple(p.shape)} {p.dtype}; take a new layout (and carry kept vectors with carry_vector)"
+            )
+        positions.append(i)
+    if positions != sorted(positions):
+        raise ValueError("select's layout orders the parameters otherwise than this module does; expected its layout")
+    chosen = set(positions)
+    return [i in chosen for i in range(len(params))]
+
+
+def _ids_by_name(module: nn.Module) -> dict[str, int]:
+    """Every name a parameter answers to (tied ones have several), mapped to the parameter's identity."""
+    return {name: id(p) for name, p in module.named_parameters(remove_duplicate=False)}
+
+
+def _classifier(module: nn.Module) -> nn.Module:
+    get = getattr(module, "get_classifier", None)
+    classifier: object = None
+    if callable(get):
+        try:
+            classifier = get()
+        except NotImplementedError:
+            classifier = None
+    else:
+        classifier = getattr(module, "classifier", None)
+    if not isinstance(classifier, nn.Module):
+        raise TypeError(
+            f"select='no_classifier' needs a classifier, but {type(module).__name__} has none "
+            "(expected get_classifier() or a classifier attribute that is a module)"
+        )
+    return classifier
+
+
+def _describe(select: object) -> str:
+    if isinstance(select, (str, list, tuple)):
+        return repr(select)
+    return f"<{type(select).__name__}>"

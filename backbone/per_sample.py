@@ -33,7 +33,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from ._checks import check_module
-from .selection import Selection, selected_parameters
+from .layout import Selection, selected_parameters
 
 __all__ = ["fisher_diagonal", "per_sample_grads"]
 

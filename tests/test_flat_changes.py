@@ -31,8 +31,21 @@ import backbone
 # --- the reference: the documented definitions, written plainly -------------
 
 
-def ref_params(module: nn.Module) -> list[nn.Parameter]:
-    return list(module.parameters())
+def one_dimensional(name: str, p: nn.Parameter) -> bool:
+    return p.dim() == 1
+
+
+def ref_params(module: nn.Module, select: Any = None) -> list[nn.Parameter]:
+    """The parameters a selection picks, written plainly (an explicit selection must pick one)."""
+    if select is None or select == "all":
+        return list(module.parameters())
+    if select == "trainable":
+        picked = [p for p in module.parameters() if p.requires_grad]
+    else:
+        picked = [p for name, p in module.named_parameters() if select(name, p)]
+    if not picked:
+        raise ValueError("empty selection")
+    return picked
 
 
 def ref_dtype(params: list[nn.Parameter]) -> torch.dtype:
@@ -104,16 +117,16 @@ def ref_check_out(out: Tensor, params: list[nn.Parameter]) -> None:
             raise ValueError("out overlaps the model")
 
 
-def ref_get_params(module: nn.Module, out: Tensor | None) -> Tensor:
-    params = ref_params(module)
+def ref_get_params(module: nn.Module, out: Tensor | None, select: Any = None) -> Tensor:
+    params = ref_params(module, select)
     if out is not None:
         ref_check_out(out, params)
     result = ref_flat(list(params), params, None if out is None else out.device)
     return result if out is None else out.copy_(result)
 
 
-def ref_get_grads(module: nn.Module, out: Tensor | None) -> Tensor:
-    params = ref_params(module)
+def ref_get_grads(module: nn.Module, out: Tensor | None, select: Any = None) -> Tensor:
+    params = ref_params(module, select)
     ref_check_grads(params)
     if out is not None:
         ref_check_out(out, params)
@@ -121,8 +134,8 @@ def ref_get_grads(module: nn.Module, out: Tensor | None) -> Tensor:
     return result if out is None else out.copy_(result)
 
 
-def ref_get_grads_list(module: nn.Module) -> list[Tensor]:
-    params = ref_params(module)
+def ref_get_grads_list(module: nn.Module, select: Any = None) -> list[Tensor]:
+    params = ref_params(module, select)
     ref_check_grads(params)
     return [
         torch.zeros(p.numel(), dtype=p.dtype, device=p.device) if p.grad is None else values(p.grad).reshape(-1)
@@ -143,8 +156,8 @@ def ref_source(vector: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
     return pieces
 
 
-def ref_set_params(module: nn.Module, vector: Tensor) -> None:
-    params = ref_params(module)
+def ref_set_params(module: nn.Module, vector: Tensor, select: Any = None) -> None:
+    params = ref_params(module, select)
     pieces = ref_source(vector, params)
     for p in params:
         ref_check_destination(p)
@@ -153,8 +166,8 @@ def ref_set_params(module: nn.Module, vector: Tensor) -> None:
             p.copy_(piece)
 
 
-def ref_write_grads(module: nn.Module, vector: Tensor, alpha: float | None) -> None:
-    params = ref_params(module)
+def ref_write_grads(module: nn.Module, vector: Tensor, alpha: float | None, select: Any = None) -> None:
+    params = ref_params(module, select)
     ref_check_grads(params)
     if any(p.grad is not None and p.grad.layout != torch.strided for p in params):
         raise TypeError("sparse gradient")
@@ -324,8 +337,11 @@ CHANGES = [
 # --- the operations -------------------------------------------------------------
 
 
-def vector_for(module: nn.Module, case: Case, data: st.DataObject, *, out: bool) -> Tensor:
-    params = ref_params(module)
+def vector_for(module: nn.Module, case: Case, data: st.DataObject, *, out: bool, select: Any = None) -> Tensor:
+    try:
+        params = ref_params(module, select)
+    except ValueError:
+        params = []  # an empty selection: any vector, the call is refused
     n = sum(p.numel() for p in params)
     dtype = ref_dtype(params) if out else data.draw(st.sampled_from([*DTYPES, ref_dtype(params)]), label="dtype")
     kind = data.draw(st.sampled_from(["fresh", "fresh", "short", "shared", "param"]), label="vector")
@@ -346,26 +362,40 @@ def vector_for(module: nn.Module, case: Case, data: st.DataObject, *, out: bool)
 
 
 def operation(module: nn.Module, case: Case, data: st.DataObject) -> tuple[str, Callable[[], Any], Callable[[], Any]]:
-    """A random flat operation, as the package and as the reference."""
+    """A random flat operation over a random selection, as the package and as the reference."""
     name = data.draw(st.sampled_from(OPERATIONS), label="operation")
+    select = data.draw(st.sampled_from([None, None, "all", "trainable", one_dimensional]), label="select")
+    label = f"{name}[{getattr(select, '__name__', select)}]"
     if name in ("get_params", "get_grads"):
-        return name, lambda: getattr(backbone, name)(module), lambda: REFS[name](module, None)
+        return label, lambda: getattr(backbone, name)(module, select=select), lambda: REFS[name](module, None, select)
     if name in ("get_params(out=)", "get_grads(out=)"):
         op = name[: -len("(out=)")]
-        out = vector_for(module, case, data, out=True)
-        return name, lambda: getattr(backbone, op)(module, out=out), lambda: REFS[op](module, out)
+        out = vector_for(module, case, data, out=True, select=select)
+        return (
+            label,
+            lambda: getattr(backbone, op)(module, out=out, select=select),
+            lambda: REFS[op](module, out, select),
+        )
     if name == "get_grads_list":
-        return name, lambda: backbone.get_grads_list(module), lambda: ref_get_grads_list(module)
-    vector = vector_for(module, case, data, out=False)
+        return label, lambda: backbone.get_grads_list(module, select=select), lambda: ref_get_grads_list(module, select)
+    vector = vector_for(module, case, data, out=False, select=select)
     if name == "set_params":
-        return name, lambda: backbone.set_params(module, vector), lambda: ref_set_params(module, vector)
+        return (
+            label,
+            lambda: backbone.set_params(module, vector, select=select),
+            lambda: ref_set_params(module, vector, select),
+        )
     if name == "set_grads":
-        return name, lambda: backbone.set_grads(module, vector), lambda: ref_write_grads(module, vector, None)
+        return (
+            label,
+            lambda: backbone.set_grads(module, vector, select=select),
+            lambda: ref_write_grads(module, vector, None, select),
+        )
     alpha = data.draw(st.sampled_from([1.0, -0.5, 3.0]), label="alpha")
     return (
-        name,
-        lambda: backbone.add_grads(module, vector, alpha=alpha),
-        lambda: ref_write_grads(module, vector, alpha),
+        label,
+        lambda: backbone.add_grads(module, vector, alpha=alpha, select=select),
+        lambda: ref_write_grads(module, vector, alpha, select),
     )
 
 
