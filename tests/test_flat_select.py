@@ -1,0 +1,102 @@
+"""Flat operations over a selection: the plain definitions over the selected parameters, the rest untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import backbone
+from backbone import MNISTMLP, carry_vector, flat_layout, selected_parameters
+
+
+def partly_frozen() -> MNISTMLP:
+    torch.manual_seed(0)
+    net = MNISTMLP(6, 3, hidden_size=5)
+    net.fc1.requires_grad_(False)
+    return net
+
+
+def trained(net: nn.Module) -> nn.Module:
+    net(torch.randn(4, 6)).sum().backward()
+    return net
+
+
+def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.detach().reshape(-1) for t in tensors])
+
+
+SELECTIONS = ["trainable", "no_classifier", ["fc2.weight", "classifier.bias"], lambda name, p: name.endswith("bias")]
+
+
+@pytest.mark.parametrize("select", SELECTIONS)
+def test_getters_are_the_concatenation_of_the_selected_parameters(select: object) -> None:
+    net = trained(partly_frozen())
+    picked = [p for _, p in selected_parameters(net, select)]  # type: ignore[arg-type]
+    assert torch.equal(backbone.get_params(net, select=select), cat(picked))  # type: ignore[arg-type]
+    expected = cat([torch.zeros_like(p) if p.grad is None else p.grad for p in picked])
+    assert torch.equal(backbone.get_grads(net, select=select), expected)  # type: ignore[arg-type]
+    out = torch.full((expected.numel(),), float("nan"))
+    assert backbone.get_grads(net, out=out, select=select) is out and torch.equal(out, expected)  # type: ignore[arg-type]
+    assert [g.numel() for g in backbone.get_grads_list(net, select=select)] == [p.numel() for p in picked]  # type: ignore[arg-type]
+    assert flat_layout(net, select=select).numel == expected.numel()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("select", SELECTIONS)
+def test_setters_write_the_selected_parameters_and_nothing_else(select: object) -> None:
+    net = trained(partly_frozen())
+    picked = {id(p) for _, p in selected_parameters(net, select)}  # type: ignore[arg-type]
+    others = [(p, p.detach().clone(), p.grad) for p in net.parameters() if id(p) not in picked]
+    n = flat_layout(net, select=select).numel  # type: ignore[arg-type]
+    backbone.set_params(net, torch.arange(float(n)), select=select)  # type: ignore[arg-type]
+    backbone.set_grads(net, -torch.arange(float(n)), select=select)  # type: ignore[arg-type]
+    backbone.add_grads(net, torch.ones(n), alpha=2.0, select=select)  # type: ignore[arg-type]
+    assert torch.equal(backbone.get_params(net, select=select), torch.arange(float(n)))  # type: ignore[arg-type]
+    assert torch.equal(backbone.get_grads(net, select=select), 2 - torch.arange(float(n)))  # type: ignore[arg-type]
+    for p, value, grad in others:
+        assert torch.equal(p, value) and p.grad is grad
+
+
+def test_a_vector_for_the_whole_model_is_refused_for_a_selection_and_nothing_changes() -> None:
+    net = trained(partly_frozen())
+    before = backbone.get_params(net).detach().clone(), backbone.get_grads(net)
+    with pytest.raises(ValueError, match="new_params must have 48 elements"):
+        backbone.set_params(net, torch.zeros(73), select="trainable")
+    with pytest.raises(ValueError, match=r"select names 'fc9\.weight'"):
+        backbone.set_grads(net, torch.zeros(73), select=["fc9.weight"])
+    assert torch.equal(backbone.get_params(net), before[0]) and torch.equal(backbone.get_grads(net), before[1])
+
+
+def test_trainable_follows_freezing_between_calls() -> None:
+    net = partly_frozen()
+    assert backbone.get_params(net, select="trainable").numel() == 48
+    net.fc1.requires_grad_(True)
+    assert backbone.get_params(net, select="trainable").numel() == 83
+    net.requires_grad_(False)
+    with pytest.raises(ValueError, match="select='trainable' picks no parameter of MNISTMLP"):
+        backbone.get_params(net, select="trainable")
+
+
+def test_all_but_the_classifier_is_untouched_by_growth_and_carries_by_name() -> None:
+    net = partly_frozen()
+    body = flat_layout(net, select="no_classifier")
+    anchor = backbone.get_params(net, select="no_classifier").detach().clone()
+    trainable = flat_layout(net, select="trainable")
+    importance = torch.rand(trainable.numel)
+    net.grow_classifier(5)
+    assert flat_layout(net, select="no_classifier") == body  # the body's vectors need no carrying
+    assert torch.equal(backbone.get_params(net, select="no_classifier"), anchor)
+    carried = carry_vector(importance, trainable, flat_layout(net, select="trainable"))
+    new = flat_layout(net, select="trainable")
+    assert torch.equal(new.view(carried, "fc2.weight"), trainable.view(importance, "fc2.weight"))
+    assert torch.equal(new.view(carried, "classifier.bias")[:3], trainable.view(importance, "classifier.bias"))
+    assert not new.view(carried, "classifier.bias")[3:].any()
+
+
+def test_a_layout_as_the_selection_is_refused_once_the_model_changed() -> None:
+    net = partly_frozen()
+    layout = flat_layout(net, select="trainable")
+    assert torch.equal(backbone.get_params(net, select=layout), backbone.get_params(net, select="trainable"))
+    net.grow_classifier(4)
+    with pytest.raises(ValueError, match=r"select's layout has 'classifier\.weight' as"):
+        backbone.get_grads(net, select=layout)
