@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from . import flat
 from ._checks import check_num_classes, check_output_fmt
 from .growth import grow_classifier
+from .layout import Selection
 
 __all__ = ["RETURN_TYPES", "BackboneOutput", "MammothBackbone", "ReturnType", "check_returnt", "feature_take_indices"]
 
@@ -655,10 +656,13 @@ class MammothBackbone(nn.Module):
         """
         return cast(Tensor, self(x, returnt="features"))
 
-    def get_params(self, *, out: Tensor | None = None) -> Tensor:
-        """Return all parameters as one differentiable 1-D tensor.
+    def get_params(
+        self, *, out: Tensor | None = None, select: Selection = None, discard_classifier: bool = False
+    ) -> Tensor:
+        """Return all parameters (or the selected ones) as one differentiable 1-D tensor.
 
-        See :func:`backbone.get_params`.
+        See :func:`backbone.get_params`. ``discard_classifier=True`` is
+        Mammoth's name for ``select="no_classifier"``.
 
         Example:
             >>> import torch
@@ -670,10 +674,12 @@ class MammothBackbone(nn.Module):
             >>> ((net.get_params() - anchor) ** 2).sum().backward()
             >>> net.get_grads().abs().sum().item()
             0.0
+            >>> net.get_params(discard_classifier=True).shape
+            torch.Size([88600])
         """
-        return flat.get_params(self, out=out)
+        return flat.get_params(self, out=out, select=_select(select, discard_classifier))
 
-    def set_params(self, new_params: Tensor) -> None:
+    def set_params(self, new_params: Tensor, *, select: Selection = None) -> None:
         """Copy a flat vector into the parameters, in place.
 
         See :func:`backbone.set_params`.
@@ -690,12 +696,15 @@ class MammothBackbone(nn.Module):
             ...
             ValueError: new_params must have 35 elements (one per parameter element), got 36
         """
-        flat.set_params(self, new_params)
+        flat.set_params(self, new_params, select=select)
 
-    def get_grads(self, *, out: Tensor | None = None) -> Tensor:
-        """Return all gradients as one 1-D tensor, zeros where there is none.
+    def get_grads(
+        self, *, out: Tensor | None = None, select: Selection = None, discard_classifier: bool = False
+    ) -> Tensor:
+        """Return all gradients (or the selected ones) as one 1-D tensor, zeros where there is none.
 
-        See :func:`backbone.get_grads`.
+        See :func:`backbone.get_grads`. ``discard_classifier=True`` is
+        Mammoth's name for ``select="no_classifier"``.
 
         Example:
             >>> import torch
@@ -704,10 +713,14 @@ class MammothBackbone(nn.Module):
             >>> net(torch.ones(5, 4)).sum().backward()
             >>> net.get_grads().shape
             torch.Size([35])
+            >>> net.get_grads(select="trainable", discard_classifier=True)
+            Traceback (most recent call last):
+            ...
+            TypeError: discard_classifier=True is select='no_classifier'; pass one of them, got select='trainable' too
         """
-        return flat.get_grads(self, out=out)
+        return flat.get_grads(self, out=out, select=_select(select, discard_classifier))
 
-    def set_grads(self, new_grads: Tensor) -> None:
+    def set_grads(self, new_grads: Tensor, *, select: Selection = None) -> None:
         """Copy a flat vector into the gradients, creating them where missing.
 
         See :func:`backbone.set_grads`.
@@ -720,9 +733,9 @@ class MammothBackbone(nn.Module):
             >>> net.classifier.bias.grad
             tensor([1., 1.])
         """
-        flat.set_grads(self, new_grads)
+        flat.set_grads(self, new_grads, select=select)
 
-    def get_grads_list(self) -> list[Tensor]:
+    def get_grads_list(self, *, select: Selection = None) -> list[Tensor]:
         """Return one flat gradient per parameter.
 
         See :func:`backbone.get_grads_list`.
@@ -732,4 +745,17 @@ class MammothBackbone(nn.Module):
             >>> [g.numel() for g in MNISTMLP(4, 2, hidden_size=3).get_grads_list()]
             [12, 3, 9, 3, 6, 2]
         """
-        return flat.get_grads_list(self)
+        return flat.get_grads_list(self, select=select)
+
+
+def _select(select: Selection, discard_classifier: object) -> Selection:
+    """The selection a getter was asked for, under either of its names."""
+    if not isinstance(discard_classifier, bool):
+        raise TypeError(f"discard_classifier must be a bool, got {type(discard_classifier).__name__}")
+    if not discard_classifier:
+        return select
+    if select is not None and not (isinstance(select, str) and select == "no_classifier"):
+        raise TypeError(
+            f"discard_classifier=True is select='no_classifier'; pass one of them, got select={select!r} too"
+        )
+    return "no_classifier"

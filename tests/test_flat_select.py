@@ -100,3 +100,48 @@ def test_a_layout_as_the_selection_is_refused_once_the_model_changed() -> None:
     net.grow_classifier(4)
     with pytest.raises(ValueError, match=r"select's layout has 'classifier\.weight' as"):
         backbone.get_grads(net, select=layout)
+
+
+# --- the methods, and Mammoth's name for all but the classifier ------------------------------
+
+
+def test_the_methods_take_the_selection() -> None:
+    net = trained(partly_frozen())
+    for select in SELECTIONS:
+        assert torch.equal(net.get_params(select=select), backbone.get_params(net, select=select))  # type: ignore[arg-type]
+        assert torch.equal(net.get_grads(select=select), backbone.get_grads(net, select=select))  # type: ignore[arg-type]
+    n = flat_layout(net, select="trainable").numel
+    net.set_params(torch.zeros(n), select="trainable")
+    net.set_grads(torch.ones(n), select="trainable")
+    assert not net.get_params(select="trainable").any() and net.fc1.weight.abs().sum() > 0
+    assert [g.numel() for g in net.get_grads_list(select="trainable")] == [25, 5, 15, 3]
+    assert torch.equal(torch.cat(net.get_grads_list(select="trainable")), torch.ones(n))
+
+
+def test_discard_classifier_is_mammoths_name_for_no_classifier() -> None:
+    vit = backbone.VisionTransformer(img_size=8, patch_size=4, num_classes=3, embed_dim=4, depth=1, num_heads=1)
+    vit(torch.randn(2, 3, 8, 8)).sum().backward()
+    body = [p for name, p in vit.named_parameters() if not name.startswith("head.")]
+    assert torch.equal(vit.get_params(discard_classifier=True), cat(body))
+    assert torch.equal(vit.get_grads(discard_classifier=True), cat([p.grad for p in body]))
+    assert torch.equal(vit.get_params(discard_classifier=True, select="no_classifier"), cat(body))
+    assert torch.equal(vit.get_params(discard_classifier=False), cat(list(vit.parameters())))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"discard_classifier": 1}, TypeError, "discard_classifier must be a bool, got int"),
+        (
+            {"discard_classifier": True, "select": "trainable"},
+            TypeError,
+            "discard_classifier=True is select='no_classifier'; pass one of them, got select='trainable' too",
+        ),
+    ],
+)
+def test_discard_classifier_refusals(kwargs: dict, error: type[Exception], message: str) -> None:  # type: ignore[type-arg]
+    net = partly_frozen()
+    for getter in (net.get_params, net.get_grads):
+        with pytest.raises(error) as info:
+            getter(**kwargs)
+        assert str(info.value) == message
