@@ -189,6 +189,8 @@ def fisher_diagonal(
     if into is not None:
         if not isinstance(into, Tensor):
             raise TypeError(f"into must be a torch.Tensor, got {type(into).__name__}")
+        if into.layout != torch.strided or not (into.dtype.is_floating_point or into.dtype.is_complex):
+            raise TypeError(f"into must be a dense floating-point tensor, got {into.dtype} with layout {into.layout}")
         if into.shape != (total_size,):
             raise ValueError(
                 f"into must have shape ({total_size},), one element per selected element, got {tuple(into.shape)}"
@@ -200,6 +202,9 @@ def fisher_diagonal(
         x: Tensor, y: Tensor, differentiated: dict[str, Tensor], fixed: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         logits = functional_call(module, {**fixed, **differentiated}, (x.unsqueeze(0),))
+        if not isinstance(logits, Tensor) or logits.dim() != 2:
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"fisher_diagonal needs module(x) to be logits [1, C] for one example, got {got}")
         log_p = F.log_softmax(logits, dim=1)[0].gather(0, y.reshape(1))[0]
         return log_p, log_p.detach()
 
@@ -210,6 +215,16 @@ def fisher_diagonal(
             raise TypeError(f"each batch must be a sequence (inputs, targets, ...), got {type(batch).__name__}")
         inputs, targets = batch[0], batch[1]
         _prepare(module, inputs, targets, select, chunk_size)
+        if (
+            targets.dim() != 1
+            or targets.dtype.is_floating_point
+            or targets.dtype.is_complex
+            or targets.dtype == torch.bool
+        ):
+            raise TypeError(
+                f"fisher_diagonal needs targets as class indices, an integer tensor [B], got {targets.dtype} "
+                f"of shape {tuple(targets.shape)}"
+            )
         rows, log_p = _rows(module, names, params, log_likelihood, inputs, targets, chunk_size, with_aux=True)
         squares = rows.square()
         if weight_by_probability and log_p is not None:
@@ -301,7 +316,12 @@ def _rows(
     with warnings.catch_warnings():
         # torch.func runs attention without a batching rule one example at a time, and says so on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-        result = by_example(inputs, targets, differentiated, fixed)
+        try:
+            result = by_example(inputs, targets, differentiated, fixed)
+        except RuntimeError as error:
+            raise ValueError(
+                f"the model or the loss failed on one example under torch.func (vmap of grad): {error}"
+            ) from error
     grads = cast(dict[str, Tensor], result[0] if with_aux else result)
     offset = 0
     for name, p in zip(names, params, strict=True):

@@ -293,3 +293,22 @@ def test_fisher_refuses_bad_arguments(loader: object, kwargs: dict, error: type[
         fisher_diagonal(net, loader, **kwargs)  # type: ignore[arg-type]
     assert message in str(info.value)
     assert torch.equal(backbone.get_params(net), before) and all(p.grad is None for p in net.parameters())
+
+
+def test_a_failure_of_the_model_under_torch_func_is_a_value_error_naming_the_cause() -> None:
+    net = backbone.MNISTMLP(4, 3, hidden_size=5)
+    with pytest.raises(ValueError, match=r"the model or the loss failed on one example under torch\.func") as info:
+        fisher_diagonal(net, [(torch.randn(2, 4), torch.tensor([0, 7]))])  # class 7 of 3
+    assert "out of bounds" in str(info.value)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_fisher_needs_class_indices_and_logits() -> None:
+    net = backbone.MNISTMLP(4, 3, hidden_size=5)
+    with pytest.raises(TypeError, match="fisher_diagonal needs targets as class indices, an integer tensor"):
+        fisher_diagonal(net, [(torch.randn(2, 4), torch.tensor([0.0, 1.0]))])
+    features = nn.Sequential(nn.Linear(4, 3), nn.Flatten(0))  # a 1-D output for one example
+    with pytest.raises(ValueError, match=r"fisher_diagonal needs module\(x\) to be logits \[1, C\]"):
+        fisher_diagonal(features, [(torch.randn(2, 4), torch.tensor([0, 1]))])
+    with pytest.raises(TypeError, match="into must be a dense floating-point tensor"):
+        fisher_diagonal(net, [(torch.randn(2, 4), torch.tensor([0, 1]))], into=torch.zeros(73, dtype=torch.long))
