@@ -235,12 +235,24 @@ def _check_out(
     if out.dtype != dtype:
         raise TypeError(f"out must have the result's dtype {dtype}, got {out.dtype}")
     _check_writable([out], lambda _: "out")
+    _check_apart(out, names, params, grads)
+    _check_readable(names, sources, out.device, what)
+    return out
+
+
+def _check_apart(out: Tensor, names: list[str], params: list[nn.Parameter], grads: list[Tensor | None]) -> None:
+    """Raise if ``out`` shares memory with a parameter or a gradient."""
     for kind, tensors in (("parameter", params), ("gradient of parameter", grads)):
         hit = _first_overlap(out, tensors)
         if hit is not None:
             raise ValueError(f"out must not share memory with the model, but it overlaps the {kind} {names[hit]!r}")
-    _check_readable(names, sources, out.device, what)
-    return out
+
+
+def _check_apart_from_all(out: Tensor, module: nn.Module, select: Selection) -> None:
+    """With a selection, ``out`` must also stay apart from the parameters and gradients it leaves out."""
+    if select is not None:
+        names, params = walk(module)
+        _check_apart(out, names, params, list(map(_grad, params)))
 
 
 # --- memory overlaps -------------------------------------------------------
@@ -446,6 +458,7 @@ def get_params(module: nn.Module, *, out: Tensor | None = None, select: Selectio
     if out is not None:
         grads = list(map(_grad, params))
         out = _check_out(out, names, params, grads, list(params), "parameter")
+        _check_apart_from_all(out, module, select)
         return _gather(params, list(params), out)
     if not params:
         return torch.empty(0)
@@ -548,6 +561,7 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None, select: Selection
         _check_readable(names, grads, _result_device(params), "the gradient of parameter")
     else:
         out = _check_out(out, names, params, grads, grads, "the gradient of parameter")
+        _check_apart_from_all(out, module, select)
     return _gather(params, grads, out)
 
 

@@ -590,8 +590,17 @@ def _keep_layout(module: nn.Module, names: list[str], params: list[nn.Parameter]
 
 
 def _ids_by_name(module: nn.Module) -> dict[str, int]:
-    """Every name a parameter answers to (tied ones have several), mapped to the parameter's identity."""
-    return {name: id(p) for name, p in module.named_parameters(remove_duplicate=False)}
+    """Every name a parameter answers to (tied ones have several), mapped to the parameter's identity.
+
+    Read from the modules' slots, as the walk reads them, so that a class
+    whose ``named_parameters`` takes fewer arguments than torch's still works.
+    """
+    ids = {}
+    for prefix, sub in module.named_modules(remove_duplicate=False):
+        for attr, p in sub._parameters.items():
+            if p is not None:
+                ids[f"{prefix}.{attr}" if prefix else attr] = id(p)
+    return ids
 
 
 def _classifier(module: nn.Module) -> nn.Module:
@@ -600,7 +609,7 @@ def _classifier(module: nn.Module) -> nn.Module:
     if callable(get):
         try:
             classifier = get()
-        except NotImplementedError:
+        except (NotImplementedError, AttributeError):
             classifier = None
     else:
         classifier = getattr(module, "classifier", None)

@@ -12,19 +12,31 @@ the predicted probability of the true label, the quantity Mammoth's
 ``ewc_on`` accumulates example by example.
 
 How the module is evaluated: in the mode it is in, with its buffers as they
-are, and nothing is written to it (parameters, gradients, buffers and modes
-are left as they were). Batch normalisation in training mode is refused,
-naming the layer: its output for one example would depend on the others in
-the batch (and on a batch of one, it is undefined). Call ``module.eval()``
-first. Dropout in training mode draws a different mask for each example, as
-a loop over examples would (but not the same masks as such a loop).
+are, and nothing is written to it: parameters (the objects and their
+values), gradients, modes, buffer values and tensors a forward keeps as
+attributes (a ResNet's pre-activation taps) are as they were after the call.
+Batch normalisation in training mode is refused, naming the layer: its output
+for one example would depend on the others in the batch (and on a batch of
+one, it is undefined). Call ``module.eval()`` first. Dropout in training mode
+draws a different mask for each example, as a loop over examples would (but
+not the same masks as such a loop); a module that updates its buffers in
+training mode (spectral norm's power iteration) computes from them as they
+were, and they are put back.
+
+The gradient is the loss's with respect to the parameters *as the forward
+uses them*: a ``loss_fn`` that reads the module's parameters itself (an L2
+pull towards an anchor) sees them as constants. Modules that
+:mod:`torch.func` cannot run one example at a time (recurrent layers, sparse
+embeddings) are refused with a :class:`ValueError` naming torch's reason.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
 
 import torch
@@ -33,12 +45,12 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from ._checks import check_module
-from .layout import Selection, selected_parameters
+from .layout import Selection, selected_parameters, walk
 
 __all__ = ["fisher_diagonal", "per_sample_grads"]
 
 #: The most elements one chunk of per-example gradients holds when fisher_diagonal picks the chunk size.
-_CHUNK_ELEMENTS = 2**25
+_CHUNK_ELEMENTS = 2**27
 
 
 def per_sample_grads(
@@ -102,8 +114,10 @@ def per_sample_grads(
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
 
+    slots = _slots(module)
+
     def example_loss(x: Tensor, y: Tensor, differentiated: dict[str, Tensor], fixed: dict[str, Tensor]) -> Tensor:
-        out = functional_call(module, {**fixed, **differentiated}, (x.unsqueeze(0),))
+        out = _call(module, slots, {**fixed, **differentiated}, x)
         return _scalar(loss_fn(out, y.unsqueeze(0)))
 
     return _rows(module, names, params, example_loss, inputs, targets, chunk_size, with_aux=False)[0]
@@ -148,7 +162,7 @@ def fisher_diagonal(
         select: which parameters; all by default (the layout of
             :func:`~backbone.get_params`).
         chunk_size: examples per vectorised call; by default as many as keep
-            a chunk of per-example gradients under 2**25 elements.
+            a chunk of per-example gradients under 2**27 elements.
         into: a running Fisher to update in place.
         decay: the factor ``into`` is multiplied by first.
 
@@ -181,9 +195,17 @@ def fisher_diagonal(
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if isinstance(decay, bool) or not isinstance(decay, (int, float)):
         raise TypeError(f"decay must be a real number, got {type(decay).__name__}")
+    try:
+        finite = math.isfinite(float(decay))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValueError(f"decay must be a finite number, got {decay!r}")
     if not isinstance(loader, Iterable):
         raise TypeError(f"loader must be an iterable of (inputs, targets, ...) batches, got {type(loader).__name__}")
     names, params = _selection(module, select)
+    select = list(names)  # resolved once: an iterator of names is read here, not again for each batch
+    shapes = [p.shape for p in params]
     total_size = sum(p.numel() for p in params)
     dtype = _dtype(params)
     if into is not None:
@@ -195,13 +217,16 @@ def fisher_diagonal(
             raise ValueError(
                 f"into must have shape ({total_size},), one element per selected element, got {tuple(into.shape)}"
             )
+        _check_into(module, into)
     if chunk_size is None:
         chunk_size = max(1, _CHUNK_ELEMENTS // max(1, total_size))
+
+    slots = _slots(module)
 
     def log_likelihood(
         x: Tensor, y: Tensor, differentiated: dict[str, Tensor], fixed: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
-        logits = functional_call(module, {**fixed, **differentiated}, (x.unsqueeze(0),))
+        logits = _call(module, slots, {**fixed, **differentiated}, x)
         if not isinstance(logits, Tensor) or logits.dim() != 2:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"fisher_diagonal needs module(x) to be logits [1, C] for one example, got {got}")
@@ -225,6 +250,10 @@ def fisher_diagonal(
                 f"fisher_diagonal needs targets as class indices, an integer tensor [B], got {targets.dtype} "
                 f"of shape {tuple(targets.shape)}"
             )
+        now = _selection(module, select)[1]
+        if [p.shape for p in now] != shapes:
+            raise ValueError("the selected parameters changed shape while the loader ran; expected a fixed model")
+        targets = targets.long()
         rows, log_p = _rows(module, names, params, log_likelihood, inputs, targets, chunk_size, with_aux=True)
         squares = rows.square()
         if weight_by_probability and log_p is not None:
@@ -295,25 +324,22 @@ def _rows(
 ) -> tuple[Tensor, Tensor | None]:
     """Each example's gradient over ``params`` as a row (zeros for those without requires_grad), and the aux."""
     differentiated = {name: p.detach() for name, p in zip(names, params, strict=True) if p.requires_grad}
-    # Every other parameter enters as a constant; a tied one under its first name only (functional_call ties
-    # the rest), and buffers are the module's own.
-    fixed = {name: p.detach() for name, p in module.named_parameters() if name not in differentiated}
+    # Every other parameter enters as a constant, under its flat-order name; buffers are the module's own.
+    every_names, every_params = walk(module)
+    fixed = {name: p.detach() for name, p in zip(every_names, every_params, strict=True) if name not in differentiated}
     batch = inputs.shape[0]
     dtype, device = _dtype(params), _device(params)
     rows = torch.zeros(batch, sum(p.numel() for p in params), dtype=dtype, device=device)
-    aux = None
-    if not differentiated:
-        if with_aux:
-            with torch.no_grad():
-                aux = torch.stack([example_fn(inputs[i], targets[i], {}, fixed)[1] for i in range(batch)])
-        return rows, aux
-    by_example = vmap(
-        grad(example_fn, argnums=2, has_aux=with_aux),
-        in_dims=(0, 0, None, None),
-        randomness="different",
-        chunk_size=chunk_size,
-    )
-    with warnings.catch_warnings():
+    if differentiated:
+        by_example = vmap(
+            grad(example_fn, argnums=2, has_aux=with_aux),
+            in_dims=(0, 0, None, None),
+            randomness="different",
+            chunk_size=chunk_size,
+        )
+    else:  # nothing to differentiate: the rows are zeros, but the model and the loss still run
+        by_example = vmap(example_fn, in_dims=(0, 0, None, None), randomness="different", chunk_size=chunk_size)
+    with warnings.catch_warnings(), _left_as_it_was(module):
         # torch.func runs attention without a batching rule one example at a time, and says so on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
         try:
@@ -322,22 +348,89 @@ def _rows(
             raise ValueError(
                 f"the model or the loss failed on one example under torch.func (vmap of grad): {error}"
             ) from error
+    if not differentiated:
+        return rows, (cast(Tensor, result[1]) if with_aux else None)
     grads = cast(dict[str, Tensor], result[0] if with_aux else result)
     offset = 0
     for name, p in zip(names, params, strict=True):
         if name in grads:
             rows[:, offset : offset + p.numel()] = grads[name].reshape(batch, -1)
         offset += p.numel()
-    if with_aux:
-        aux = cast(Tensor, result[1])
-    return rows, aux
+    return rows, (cast(Tensor, result[1]) if with_aux else None)
 
 
 def _scalar(loss: object) -> Tensor:
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
         raise ValueError(f"loss_fn must return a scalar for a batch of one example, got {shape}")
+    if not (loss.dtype.is_floating_point or loss.dtype.is_complex):
+        raise ValueError(f"loss_fn must return a floating-point scalar to differentiate, got {loss.dtype}")
     return loss.reshape(())
+
+
+def _slots(module: nn.Module) -> list[tuple[str, str]]:
+    """Every parameter slot once: a name that reaches it, and the flat-order name of the parameter it holds.
+
+    A submodule used in two places has one slot under two names, and must be
+    swapped once; two slots that hold one parameter (tied weights) must both
+    receive the same tensor.
+    """
+    slots: list[tuple[str, str]] = []
+    seen: set[tuple[int, str]] = set()
+    first: dict[int, str] = {}
+    for prefix, sub in module.named_modules(remove_duplicate=False):
+        for attr, p in sub._parameters.items():
+            if p is None or (id(sub), attr) in seen:
+                continue
+            seen.add((id(sub), attr))
+            name = f"{prefix}.{attr}" if prefix else attr
+            slots.append((name, first.setdefault(id(p), name)))
+    return slots
+
+
+def _call(module: nn.Module, slots: list[tuple[str, str]], values: dict[str, Tensor], x: Tensor) -> Any:
+    """``module(x[None])`` with each slot holding the value of its parameter."""
+    mapping = {slot: values[name] for slot, name in slots}
+    return functional_call(module, mapping, (x.unsqueeze(0),), tie_weights=False, strict=False)
+
+
+@contextlib.contextmanager
+def _left_as_it_was(module: nn.Module) -> Iterator[None]:
+    """Put back what a forward writes onto the module: tensors kept as attributes, and buffer values."""
+    modules = list(module.modules())
+    kept = [{key: value for key, value in vars(m).items() if isinstance(value, Tensor)} for m in modules]
+    buffers = [
+        (b, b.detach().clone()) for b in module.buffers() if b.layout == torch.strided and b.device.type != "meta"
+    ]
+    try:
+        yield
+    finally:
+        for m, before in zip(modules, kept, strict=True):
+            for key, value in list(vars(m).items()):
+                if isinstance(value, Tensor) and before.get(key) is not value:
+                    if key in before:
+                        object.__setattr__(m, key, before[key])
+                    else:
+                        delattr(m, key)
+        with torch.no_grad():
+            for b, value in buffers:
+                if not torch.equal(b, value):
+                    b.copy_(value)
+
+
+def _check_into(module: nn.Module, into: Tensor) -> None:
+    """Refuse an ``into`` that cannot be updated in place, before any work."""
+    if into.device.type == "meta":
+        raise ValueError("into is on the meta device and holds no data; expected a tensor with data")
+    if into.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError("into is an inference tensor and cannot be updated outside inference mode; pass a clone")
+    if into.numel() > 1 and into.stride(0) == 0:
+        raise ValueError("into must own each of its elements, got an expanded tensor (stride 0); pass a clone")
+    storage = into.untyped_storage().data_ptr()
+    for name, p in module.named_parameters():
+        for t in (p, p.grad):
+            if t is not None and t.layout == torch.strided and t.untyped_storage().data_ptr() == storage:
+                raise ValueError(f"into must not share memory with the model, but it shares {name!r}'s storage")
 
 
 def _dtype(params: list[nn.Parameter]) -> torch.dtype:

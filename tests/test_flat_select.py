@@ -145,3 +145,43 @@ def test_discard_classifier_refusals(kwargs: dict, error: type[Exception], messa
         with pytest.raises(error) as info:
             getter(**kwargs)
         assert str(info.value) == message
+
+
+# --- what the red team found ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("getter", ["get_params", "get_grads"])
+def test_out_may_not_overlap_a_parameter_or_gradient_the_selection_leaves_out(getter: str) -> None:
+    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    net(torch.randn(4, 3)).sum().backward()
+    victim = net[0].weight if getter == "get_params" else net[0].weight.grad
+    before = victim.detach().clone()
+    out = victim.detach().view(-1)[:2]
+    with pytest.raises(ValueError, match=r"out must not share memory with the model, but it overlaps the"):
+        getattr(backbone, getter)(net, out=out, select=["1.bias"])
+    assert torch.equal(victim, before)
+
+
+def test_names_are_read_from_the_slots_whatever_named_parameters_takes() -> None:
+    class OldStyle(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(2, 2)
+
+        def named_parameters(self, prefix: str = "", recurse: bool = True):  # type: ignore[no-untyped-def, override]
+            return super().named_parameters(prefix, recurse)
+
+    assert [name for name, _ in selected_parameters(OldStyle(), ["a.bias"])] == ["a.bias"]
+
+
+def test_a_get_classifier_that_raises_attribute_error_means_no_classifier() -> None:
+    class Broken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Linear(2, 2)
+
+        def get_classifier(self) -> nn.Module:
+            return self.head  # type: ignore[no-any-return]  # no such attribute
+
+    with pytest.raises(TypeError, match="select='no_classifier' needs a classifier, but Broken has none"):
+        backbone.get_params(Broken(), select="no_classifier")

@@ -394,3 +394,182 @@ def test_a_dtensor_parameter_of_fully_shard_is_refused_by_name(one_rank_mesh: An
         "parameter 'odd' is sharded by FSDP (DTensor), so each rank holds only part of it; flat vectors of a sharded "
         "model are not supported: use DistributedDataParallel, or gather the full parameters first"
     )
+
+
+# --- selections ----------------------------------------------------------------
+
+
+def picked(module: nn.Module, select: Any) -> list[str]:
+    return [name for name, _ in backbone.selected_parameters(module, select)]
+
+
+def half_frozen() -> nn.Sequential:
+    """``0`` frozen, ``1`` trainable; ``2.weight`` tied to ``1.weight``'s twin under another name."""
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2), nn.Linear(2, 2))
+    net[0].requires_grad_(False)
+    net[2].weight = net[1].weight
+    return net
+
+
+ALL = ["0.weight", "0.bias", "1.weight", "1.bias", "2.bias"]
+
+
+@pytest.mark.parametrize("select", [None, "all"])
+def test_every_parameter_is_selected_by_default_and_by_all(select: Any) -> None:
+    net = half_frozen()
+    pairs = backbone.selected_parameters(net, select)
+    assert [name for name, _ in pairs] == ALL
+    assert all(p is q for (_, p), (_, q) in zip(pairs, net.named_parameters(), strict=True))
+
+
+def test_trainable_selects_the_parameters_that_require_grad_now() -> None:
+    net = half_frozen()
+    assert picked(net, "trainable") == ["1.weight", "1.bias", "2.bias"]
+    net[0].bias.requires_grad_(True)
+    assert picked(net, "trainable") == ["0.bias", "1.weight", "1.bias", "2.bias"]
+
+
+def test_no_classifier_leaves_out_the_classifier_of_get_classifier_or_the_attribute() -> None:
+    assert picked(backbone.MNISTMLP(4, 3, hidden_size=5), "no_classifier") == [
+        "fc1.weight",
+        "fc1.bias",
+        "fc2.weight",
+        "fc2.bias",
+    ]
+    net = sequential(body=nn.Linear(2, 2), classifier=nn.Linear(2, 1))
+    assert picked(net, "no_classifier") == ["body.weight", "body.bias"]
+
+
+def test_no_classifier_of_a_module_without_one_is_refused() -> None:
+    with pytest.raises(TypeError) as info:
+        backbone.selected_parameters(nn.Linear(2, 1), "no_classifier")
+    assert str(info.value) == (
+        "select='no_classifier' needs a classifier, but Linear has none "
+        "(expected get_classifier() or a classifier attribute that is a module)"
+    )
+
+
+def test_a_predicate_selects_in_flat_vector_order() -> None:
+    net = half_frozen()
+    seen: list[str] = []
+
+    def bias(name: str, p: nn.Parameter) -> bool:
+        seen.append(name)
+        return name.endswith("bias")
+
+    assert picked(net, bias) == ["0.bias", "1.bias", "2.bias"]
+    assert seen == ALL
+
+
+def test_names_select_in_flat_vector_order_and_a_tied_parameter_by_any_name() -> None:
+    net = half_frozen()
+    assert picked(net, ("2.bias", "0.weight")) == ["0.weight", "2.bias"]
+    assert picked(net, ["2.weight"]) == ["1.weight"]
+    assert picked(net, iter(["1.bias"])) == ["1.bias"]
+
+
+def test_flat_layout_with_a_selection_lays_out_only_the_selected() -> None:
+    net = half_frozen()
+    layout = backbone.flat_layout(net, select="trainable")
+    assert [(e.name, e.offset, e.shape) for e in layout] == [
+        ("1.weight", 0, (2, 2)),
+        ("1.bias", 4, (2,)),
+        ("2.bias", 6, (2,)),
+    ]
+    assert picked(net, layout) == ["1.weight", "1.bias", "2.bias"]
+
+
+@pytest.mark.parametrize(
+    ("select", "message"),
+    [
+        ([], "select=[] picks no parameter of Sequential; expected a selection of at least one parameter"),
+        ((), "select=() picks no parameter of Sequential; expected a selection of at least one parameter"),
+        (
+            lambda name, p: False,
+            "select=<function> picks no parameter of Sequential; expected a selection of at least one parameter",
+        ),
+    ],
+)
+def test_a_selection_that_picks_nothing_is_refused(select: Any, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        backbone.selected_parameters(half_frozen(), select)
+    assert str(info.value) == message
+
+
+def test_trainable_of_a_frozen_module_picks_nothing_and_is_refused() -> None:
+    net = nn.Linear(2, 1).requires_grad_(False)
+    with pytest.raises(ValueError) as info:
+        backbone.flat_layout(net, select="trainable")
+    assert str(info.value) == (
+        "select='trainable' picks no parameter of Linear; expected a selection of at least one parameter"
+    )
+
+
+@pytest.mark.parametrize(
+    ("select", "kind", "message"),
+    [
+        (
+            "trainables",
+            ValueError,
+            "select must be one of 'all', 'trainable', 'no_classifier', a predicate, parameter names or a FlatLayout, "
+            "got 'trainables'",
+        ),
+        (
+            "ALL",
+            ValueError,
+            "select must be one of 'all', 'trainable', 'no_classifier', a predicate, parameter names or a FlatLayout, "
+            "got 'ALL'",
+        ),
+        (
+            3,
+            TypeError,
+            "select must be one of 'all', 'trainable', 'no_classifier', None, a predicate, parameter names or a "
+            "FlatLayout, got int",
+        ),
+        (
+            {"weight": True},
+            TypeError,
+            "select must be one of 'all', 'trainable', 'no_classifier', None, a predicate, parameter names or a "
+            "FlatLayout, got dict",
+        ),
+        (
+            b"weight",
+            TypeError,
+            "select must be one of 'all', 'trainable', 'no_classifier', None, a predicate, parameter names or a "
+            "FlatLayout, got bytes",
+        ),
+        (["weight", 1], TypeError, "select's parameter names must be strings, got int"),
+        (lambda name, p: 1, TypeError, "select's predicate must return a bool, got int for parameter 'weight'"),
+        (["wieght"], ValueError, "select names 'wieght', which Linear has no parameter of; did you mean 'weight'?"),
+        (["bias", "zzz"], ValueError, "select names 'zzz', which Linear has no parameter of"),
+    ],
+)
+def test_a_bad_selection_is_refused_with_its_message(select: Any, kind: type[Exception], message: str) -> None:
+    with pytest.raises(kind) as info:
+        backbone.selected_parameters(nn.Linear(2, 1), select)
+    assert str(info.value) == message
+
+
+def test_a_layout_selection_that_no_longer_matches_is_refused() -> None:
+    net = sequential(a=nn.Linear(2, 2), b=nn.Linear(2, 1))
+    layout = backbone.flat_layout(net, select=["a.bias", "b.weight"])
+    net.b = nn.Linear(2, 3)
+    with pytest.raises(ValueError) as info:
+        backbone.selected_parameters(net, layout)
+    assert str(info.value) == (
+        "select's layout has 'b.weight' as (1, 2) torch.float32, but it is now (3, 2) torch.float32; "
+        "take a new layout (and carry kept vectors with carry_vector)"
+    )
+    del net.b
+    with pytest.raises(ValueError) as info:
+        backbone.selected_parameters(net, layout)
+    assert str(info.value) == (
+        "select's layout covers 'b.weight', which Sequential no longer has; "
+        "expected a layout of this module as it is now"
+    )
+    reordered = backbone.FlatLayout(tuple(reversed(backbone.flat_layout(net).entries)))
+    with pytest.raises(ValueError) as info:
+        backbone.selected_parameters(net, reordered)
+    assert (
+        str(info.value) == "select's layout orders the parameters otherwise than this module does; expected its layout"
+    )

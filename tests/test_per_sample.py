@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -312,3 +313,118 @@ def test_fisher_needs_class_indices_and_logits() -> None:
         fisher_diagonal(features, [(torch.randn(2, 4), torch.tensor([0, 1]))])
     with pytest.raises(TypeError, match="into must be a dense floating-point tensor"):
         fisher_diagonal(net, [(torch.randn(2, 4), torch.tensor([0, 1]))], into=torch.zeros(73, dtype=torch.long))
+
+
+# --- what the red team found: the model is left as it was, and refusals come first -----------------
+
+
+def test_a_submodule_used_twice_keeps_its_parameter_objects_and_its_rows_are_the_loops() -> None:
+    torch.manual_seed(20)
+    shared = nn.Linear(4, 4)
+    net = nn.Sequential(shared, nn.Tanh(), shared, nn.Linear(4, 3))
+    weight = shared.weight
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    rows = per_sample_grads(net, F.cross_entropy, x, y)
+    fisher_diagonal(net, [(x, y)])
+    assert net[0].weight is weight and net[2].weight is weight and isinstance(weight, nn.Parameter)
+    assert_rows_close(rows, loop_rows(net, F.cross_entropy, x, y))
+
+
+def test_tensors_a_forward_keeps_on_the_module_are_put_back() -> None:
+    net = backbone.resnet18(3, num_filters=4).eval()
+    net.set_return_prerelu(True)
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
+    net(x, returnt="full")
+    kept = net.layer1[-1].prerelu
+    per_sample_grads(net, F.cross_entropy, x, y)
+    assert net.layer1[-1].prerelu is kept
+    fresh = backbone.resnet18(3, num_filters=4).eval()
+    fresh.set_return_prerelu(True)
+    per_sample_grads(fresh, F.cross_entropy, x, y)
+    assert not hasattr(fresh.layer1[-1], "prerelu")
+
+
+def test_buffers_a_training_forward_updates_are_put_back() -> None:
+    torch.manual_seed(21)
+    net = nn.Sequential(nn.utils.parametrizations.spectral_norm(nn.Linear(4, 4)), nn.Linear(4, 3)).train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    per_sample_grads(net, F.cross_entropy, torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    fisher_diagonal(net, [(torch.randn(3, 4), torch.tensor([0, 1, 2]))])
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("make_into", "message"),
+    [
+        (lambda net: torch.zeros(1).expand(73), "into must own each of its elements"),
+        (lambda net: torch.zeros(73, device="meta"), "into is on the meta device"),
+        (lambda net: _inference(), "into is an inference tensor"),
+        (lambda net: _view_of(net), "it shares 'fc1.weight'"),
+    ],
+)
+def test_an_into_that_cannot_be_updated_is_refused_before_any_work(make_into, message: str) -> None:  # type: ignore[no-untyped-def]
+    net = backbone.MNISTMLP(4, 3, hidden_size=5)
+    into = make_into(net)
+    params = backbone.get_params(net).detach().clone()
+    with pytest.raises(ValueError, match=message):
+        fisher_diagonal(net, [(torch.randn(2, 4), torch.tensor([0, 1]))], into=into)
+    assert torch.equal(backbone.get_params(net), params)
+
+
+def _inference() -> Tensor:
+    with torch.inference_mode():
+        return torch.zeros(73)
+
+
+def _view_of(net: nn.Module) -> Tensor:
+    big = nn.Parameter(torch.zeros(100))
+    net.fc1.weight = nn.Parameter(big.data[:20].view(5, 4))  # the weight lives in a larger storage
+    return big.data[20:93]
+
+
+@pytest.mark.parametrize("decay", [float("nan"), float("inf"), 10**400])
+def test_a_decay_that_is_not_finite_is_refused(decay: float) -> None:
+    net = backbone.MNISTMLP(4, 3, hidden_size=5)
+    into = torch.ones(73)
+    with pytest.raises(ValueError, match="decay must be a finite number"):
+        fisher_diagonal(net, [(torch.randn(2, 4), torch.tensor([0, 1]))], into=into, decay=decay)
+    assert torch.equal(into, torch.ones(73))
+
+
+def test_an_iterator_of_names_is_read_once() -> None:
+    net = backbone.MNISTMLP(4, 3, hidden_size=5)
+    loader = data(3, 2, (4,), 3, seed=22)
+    expected = fisher_diagonal(net, loader, select=["classifier.bias"])
+    torch.testing.assert_close(fisher_diagonal(net, loader, select=iter(["classifier.bias"])), expected)
+
+
+def test_a_model_that_changes_while_the_loader_runs_is_refused() -> None:
+    net = backbone.MNISTMLP(4, 3, hidden_size=5)
+
+    def growing() -> Iterator[tuple[Tensor, Tensor]]:
+        yield torch.randn(2, 4), torch.tensor([0, 1])
+        net.grow_classifier(4)
+        yield torch.randn(2, 4), torch.tensor([0, 3])
+
+    with pytest.raises(ValueError, match="the selected parameters changed shape while the loader ran"):
+        fisher_diagonal(net, growing())
+
+
+def test_with_nothing_to_differentiate_the_model_and_loss_still_run() -> None:
+    net = backbone.MNISTMLP(4, 3, hidden_size=5).requires_grad_(False)
+    rows = per_sample_grads(net, F.cross_entropy, torch.randn(2, 4), torch.tensor([0, 1]))
+    assert rows.shape == (2, 73) and not rows.any()
+    with pytest.raises(ValueError, match="the model or the loss failed on one example"):
+        per_sample_grads(net, F.cross_entropy, torch.randn(2, 4), torch.tensor([0, 9]))
+    with pytest.raises(ValueError, match="the model or the loss failed on one example"):
+        fisher_diagonal(net, [(torch.randn(2, 4), torch.tensor([0, 9]))])
+
+
+def test_an_integer_loss_is_refused_and_small_integer_targets_are_class_indices() -> None:
+    net = backbone.MNISTMLP(4, 3, hidden_size=5)
+    with pytest.raises(
+        ValueError, match=r"loss_fn must return a floating-point scalar to differentiate, got torch\.int64"
+    ):
+        per_sample_grads(net, lambda out, t: out.argmax(), torch.randn(2, 4), torch.tensor([0, 1]))
+    x, y = torch.randn(2, 4), torch.tensor([0, 2])
+    torch.testing.assert_close(fisher_diagonal(net, [(x, y.to(torch.uint8))]), fisher_diagonal(net, [(x, y)]))
