@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 import backbone
-from backbone import reduced_resnet18, resnet18, resnet50, vit_tiny_patch4_32
+from backbone import MNISTMLP, reduced_resnet18, resnet18, resnet50, vit_base_patch16_224, vit_tiny_patch4_32
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import steps
@@ -255,6 +255,141 @@ def fisher_ratio(timer: Timer) -> float:
     steps.plain_step(setup)
     timer({"package": lambda: steps.fisher_package(setup), "mammoth": lambda: steps.fisher_mammoth(setup)})
     return timer.ratio("mammoth", "package")
+
+
+# --- the Fisher diagonal over a batch, three ways --------------------------------
+
+FISHER_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "mnistmlp": (lambda: MNISTMLP(784, 10), (784,)),
+    "reduced-resnet18": (lambda: reduced_resnet18(10), (3, 32, 32)),
+    "resnet18": (lambda: resnet18(10), (3, 32, 32)),
+    "vit-tiny": (lambda: vit_tiny_patch4_32(10), (3, 32, 32)),
+}
+
+
+def fisher_mammoth_loop(net: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Mammoth's models/ewc_on.py end_task (commit 20ff873a): one forward and backward per example."""
+    fish = torch.zeros_like(backbone.get_params(net))
+    for inputs, labels in batches:
+        for ex, lab in zip(inputs, labels, strict=True):
+            net.zero_grad()
+            output = net(ex.unsqueeze(0))
+            loss = -torch.nn.functional.nll_loss(torch.log_softmax(output, dim=1), lab.unsqueeze(0), reduction="none")
+            exp_cond_prob = torch.mean(torch.exp(loss.detach().clone()))
+            torch.mean(loss).backward()
+            fish += exp_cond_prob * backbone.get_grads(net) ** 2
+    fish /= sum(len(labels) for _, labels in batches)
+    return fish
+
+
+def fisher_batch_squared(net: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """The squared gradient of the batch's mean log-likelihood: one backward, and another quantity."""
+    fish = torch.zeros_like(backbone.get_params(net))
+    for inputs, labels in batches:
+        net.zero_grad()
+        torch.log_softmax(net(inputs), dim=1).gather(1, labels[:, None]).mean().backward()
+        fish += backbone.get_grads(net) ** 2
+    return fish
+
+
+@dataclass
+class FisherRow:
+    model: str
+    parameters: int
+    mammoth_ms: float
+    package_ms: float
+    batch_ms: float
+    mammoth_over_package: float
+    batch_over_package: float
+
+
+FISHER_HEADER = [
+    "model", "parameters", "Mammoth loop ms", "fisher_diagonal ms", "batch gradient squared ms",
+    "Mammoth / fisher_diagonal", "batch / fisher_diagonal",
+]  # fmt: skip
+
+
+def bench_fisher(name: str, timer: Timer, batch: int) -> FisherRow:
+    """The Fisher over one batch: Mammoth's per-example loop, the vectorised one, a squared batch gradient."""
+    torch.manual_seed(0)
+    make, shape = FISHER_MODELS[name]
+    net = make().to(timer.device).eval()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *shape, generator=generator).to(timer.device)
+    y = torch.randint(10, (batch,), generator=generator).to(timer.device)
+    batches = [(x, y)]
+    ms = timer(
+        {
+            "mammoth": lambda: fisher_mammoth_loop(net, batches),
+            "package": lambda: backbone.fisher_diagonal(net, batches),
+            "batch": lambda: fisher_batch_squared(net, batches),
+        },
+        grad=True,
+    )
+    return FisherRow(
+        name,
+        backbone.get_params(net).numel(),
+        ms["mammoth"] * 1e3,
+        ms["package"] * 1e3,
+        ms["batch"] * 1e3,
+        timer.ratio("mammoth", "package"),
+        timer.ratio("batch", "package"),
+    )
+
+
+def fisher_cells(r: FisherRow) -> list[str]:
+    return [
+        r.model,
+        f"{r.parameters:,}",
+        f"{r.mammoth_ms:,.1f}",
+        f"{r.package_ms:,.1f}",
+        f"{r.batch_ms:,.1f}",
+        f"{r.mammoth_over_package:.2f}",
+        f"{r.batch_over_package:.3f}",
+    ]
+
+
+# --- a selection: the trainable part of a ViT-B ------------------------------------
+
+
+def bench_subset(timer: Timer) -> list[list[str]]:
+    """get_grads and set_grads over all of a ViT-B/16 and over its BitFit-sized trainable part."""
+    torch.manual_seed(0)
+    net = vit_base_patch16_224(10).to(timer.device)
+    for name, p in net.named_parameters():  # biases, norms and the head train (BitFit); the rest is frozen
+        p.requires_grad_(p.dim() <= 1 or name.startswith("head."))
+    for p in net.parameters():
+        p.grad = torch.randn_like(p)
+    total = backbone.get_params(net).numel()
+    part = backbone.get_params(net, select="trainable").numel()
+    out_all, out_part = torch.empty(total, device=timer.device), torch.empty(part, device=timer.device)
+    timer(
+        {
+            "get all": lambda: backbone.get_grads(net, out=out_all),
+            "get trainable": lambda: backbone.get_grads(net, out=out_part, select="trainable"),
+            "set all": lambda: backbone.set_grads(net, out_all),
+            "set trainable": lambda: backbone.set_grads(net, out_part, select="trainable"),
+        }
+    )
+    return [
+        [
+            "get_grads(out=)",
+            f"{total:,}",
+            f"{part:,}",
+            f"{part / total:.4f}",
+            f"{timer.ratio('get trainable', 'get all'):.4f}",
+        ],
+        [
+            "set_grads",
+            f"{total:,}",
+            f"{part:,}",
+            f"{part / total:.4f}",
+            f"{timer.ratio('set trainable', 'set all'):.4f}",
+        ],
+    ]
+
+
+SUBSET_HEADER = ["operation (ViT-B/16)", "all elements", "trainable elements", "fraction", "time, trainable / all"]
 
 
 def peak_memory_ratio(name: str, device: torch.device) -> float:
@@ -472,6 +607,14 @@ def save(result: dict[str, Any], rows: list[Row], step_rows: list[StepRow], pref
         writer = csv.writer(f)
         writer.writerow(["measure", "value"])
         writer.writerows(extra_lines(result))
+    with open(f"{prefix}-fisher.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(FISHER_HEADER)
+        writer.writerows(fisher_cells(FisherRow(**r)) for r in result["fisher"])
+    with open(f"{prefix}-subset.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(SUBSET_HEADER)
+        writer.writerows(result["subset"])
     plot(rows, Path(f"{prefix}.png"), f"Flat operations / copy limit: {result['machine']}")
 
 
@@ -497,6 +640,12 @@ def main() -> None:
         "--step-models", default=",".join(STEP_MODELS), help="comma-separated, from " + ", ".join(STEP_MODELS)
     )
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from " + ", ".join(MODELS))
+    parser.add_argument(
+        "--fisher-models", default=",".join(FISHER_MODELS), help="comma-separated, from " + ", ".join(FISHER_MODELS)
+    )
+    parser.add_argument("--fisher-batch", type=int, default=32, help="examples in the Fisher batch (default 32)")
+    parser.add_argument("--fisher-reps", type=int, default=3, help="timed Fisher computations per way (default 3)")
+    parser.add_argument("--no-subset", dest="subset", action="store_false", help="skip the ViT-B subset table")
     parser.add_argument("--import-reps", type=int, default=10, help="process starts per import timing (default 10)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument(
@@ -527,6 +676,11 @@ def main() -> None:
     step_rows = [
         row for name in filter(None, args.step_models.split(",")) for row in bench_steps(name, step_timer, args.batch)
     ]
+    fisher_timer = Timer(device, args.fisher_reps, 1, cpu_clock)
+    fisher_rows = [
+        bench_fisher(name, fisher_timer, args.fisher_batch) for name in filter(None, args.fisher_models.split(","))
+    ]
+    subset_rows = bench_subset(timer) if args.subset else []
     full_over_out = forward_ratio(device, timer)
     imp_backbone, imp_torch = import_ratio(args.import_reps)
     result = {
@@ -547,6 +701,9 @@ def main() -> None:
         "forward_full_over_out": full_over_out,
         "import_backbone_over_torch": imp_backbone / imp_torch,
         "cuda_kernels_many_small": kernel_counts(device) if device.type == "cuda" else {},
+        "fisher_batch": args.fisher_batch,
+        "fisher": [asdict(r) for r in fisher_rows],
+        "subset": subset_rows,
     }
     if args.json:
         print(json.dumps(result, indent=2))
@@ -558,6 +715,10 @@ def main() -> None:
         print()
         for label, value in extra_lines(result):
             print(f"{label}: {value}")
+        print()
+        print_cells([FISHER_HEADER] + [fisher_cells(r) for r in fisher_rows], 1)
+        print()
+        print_cells([SUBSET_HEADER, *subset_rows], 1)
     if args.save:
         save(result, rows, step_rows, args.save)
 

@@ -5,11 +5,14 @@ Each method's flat-vector work is written:
 * ``package``: with this package's allocation-free patterns (``out=``
   buffers kept across steps, ``add_grads``, an in-place projection), as the
   docs teach them;
-* ``mammoth``: as Mammoth writes it (a penalty built from ``get_params()``
-  and back-propagated; per-parameter loops that store and overwrite
-  gradients);
+* ``mammoth``: as Mammoth writes it today (aimagelab/mammoth at commit
+  20ff873a): ``models/ewc_on.py`` sets the penalty's gradient in closed form
+  with ``set_grads`` before the loss's backward; ``models/agem.py`` stores
+  and overwrites the gradients with per-parameter loops
+  (``models/gem.py``'s ``store_grad`` and ``overwrite_grad``);
 * ``torch``: with ``torch.nn.utils.parameters_to_vector`` and
-  ``vector_to_parameters``.
+  ``vector_to_parameters`` (for EWC, the penalty built from the vector and
+  back-propagated with the loss, as EWC is often written).
 
 The ``floor`` of a method is the step with the same forward and backward
 passes and nothing else: the plain step for EWC, the plain step plus the
@@ -97,10 +100,12 @@ def ewc_package(s: Setup) -> None:
 
 
 def ewc_mammoth(s: Setup) -> None:
-    """The penalty built from the differentiable flat vector and back-propagated with the loss."""
+    """Mammoth's models/ewc_on.py observe: the penalty's gradient set with set_grads, then the loss's backward."""
     s.optimizer.zero_grad()
-    penalty = (s.fisher * (backbone.get_params(s.net) - s.anchor) ** 2).sum()
-    (_loss(s, s.x, s.y) + EWC_LAMBDA * penalty).backward()
+    outputs = s.net(s.x)
+    penalty_grads = EWC_LAMBDA * 2 * s.fisher * (backbone.get_params(s.net).data - s.anchor)
+    backbone.set_grads(s.net, penalty_grads)
+    F.cross_entropy(outputs, s.y).backward()
     s.optimizer.step()
 
 

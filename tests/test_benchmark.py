@@ -87,3 +87,13 @@ def test_ratios_pair_the_calls_of_each_round() -> None:
     timer = flat_ops.Timer(torch.device("cpu"), reps=3, warmup=0)
     timer.samples = {"op": [2.0, 30.0, 4.0], "limit": [1.0, 10.0, 4.0]}
     assert timer.ratio("op", "limit") == 2.0  # the ratio of medians would be 4 / 4 = 1
+
+
+def test_mammoths_fisher_loop_computes_the_fisher_the_package_does() -> None:
+    torch.manual_seed(0)
+    net = backbone.MNISTMLP(12, 4, hidden_size=6).eval()
+    batches = [(torch.randn(5, 12), torch.randint(0, 4, (5,)))]
+    expected = flat_ops.fisher_mammoth_loop(net, batches)
+    torch.testing.assert_close(backbone.fisher_diagonal(net, batches), expected, rtol=1e-5, atol=1e-9)
+    # The squared batch gradient is another quantity: the reason the table shows it for reference only.
+    assert not torch.allclose(flat_ops.fisher_batch_squared(net, batches), expected)
