@@ -573,3 +573,27 @@ def test_a_layout_selection_that_no_longer_matches_is_refused() -> None:
     assert (
         str(info.value) == "select's layout orders the parameters otherwise than this module does; expected its layout"
     )
+
+
+def test_a_predicate_is_asked_with_each_name_and_parameter() -> None:
+    net = half_frozen()
+    asked: list[tuple[str, nn.Parameter]] = []
+
+    def record(name: str, p: nn.Parameter) -> bool:
+        asked.append((name, p))
+        return True
+
+    backbone.selected_parameters(net, record)
+    assert [name for name, _ in asked] == ALL
+    assert all(p is q for (_, p), (_, q) in zip(asked, net.named_parameters(), strict=True))
+
+
+def test_an_unknown_name_lists_at_most_three_close_matches() -> None:
+    net = nn.Module()
+    for i in range(1, 5):
+        net.register_parameter(f"ab{i}", nn.Parameter(torch.zeros(1)))
+    with pytest.raises(ValueError) as info:
+        backbone.selected_parameters(net, ["ab"])
+    assert str(info.value) == (
+        "select names 'ab', which Module has no parameter of; did you mean 'ab4' or 'ab3' or 'ab2'?"
+    )
