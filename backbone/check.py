@@ -238,8 +238,9 @@ class _Checker:
         return cast(Tensor, value)
 
     def _pattern(self, like: Tensor) -> Tensor:
-        # Distinct small integers: exact in every dtype down to bfloat16, so
-        # a permuted or shifted layout cannot go unnoticed.
+        # Small integers, exact in every dtype down to bfloat16, repeating
+        # every 199 elements: a permuted or shifted layout shows unless it
+        # moves every element by a multiple of 199.
         return (torch.arange(like.numel(), device=like.device) % 199 + 1).to(like.dtype)
 
     def _each(self, read: Callable[[nn.Parameter], Tensor | None]) -> Tensor:
@@ -471,7 +472,8 @@ def _preserved(net: nn.Module) -> Iterator[None]:
 
     Training modes; the parameter, buffer and tensor-attribute objects of
     every module (reassigned ones put back, added ones removed) and their
-    values; each parameter's ``.grad`` object and value.
+    values; each parameter's ``.grad`` object and value, and its
+    ``requires_grad``.
     """
     modules = list(net.modules())
     modes = [(m, m.training) for m in modules]
@@ -486,6 +488,7 @@ def _preserved(net: nn.Module) -> Iterator[None]:
         if isinstance(t, Tensor)
     }
     grads = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in net.parameters()]
+    flags = [(p, p.requires_grad) for p in net.parameters()]
     try:
         yield
     finally:
@@ -506,6 +509,9 @@ def _preserved(net: nn.Module) -> Iterator[None]:
                 if grad is not None and grad_value is not None:
                     _put_back(grad, grad_value)
                 p.grad = grad
+            for p, requires_grad in flags:
+                if p.requires_grad != requires_grad and p.is_leaf:
+                    p.requires_grad_(requires_grad)
 
 
 def _tensor_attributes(module: nn.Module) -> dict[str, Tensor]:
@@ -554,7 +560,8 @@ def check_backbone(
 
     The backbone is left as it was found: training modes; the parameter,
     buffer and tensor-attribute objects of every module and their values
-    (reassigned ones are put back, added ones removed); and each ``.grad``.
+    (reassigned ones are put back, added ones removed); each ``.grad``; and
+    each parameter's ``requires_grad``.
 
     Args:
         net: the backbone.

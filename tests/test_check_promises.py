@@ -2106,3 +2106,14 @@ def test_a_permuted_layout_shows_even_in_bfloat16() -> None:
             rtol=0.01,
             atol=0.05,
         )
+
+
+def test_a_set_params_that_freezes_parameters_is_undone_by_the_check() -> None:
+    class Freezing(TinyNet):
+        def set_params(self, new_params: torch.Tensor) -> None:
+            super().set_params(new_params)
+            self.stage1.requires_grad_(False)
+
+    net = Freezing()
+    check_backbone(net, torch.randn(3, 4))
+    assert all(p.requires_grad for p in net.parameters())

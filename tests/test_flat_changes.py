@@ -104,15 +104,16 @@ def element_bytes(t: Tensor) -> set[int]:
     return {int(s) + b for s in starts for b in range(t.element_size())}
 
 
-def ref_check_out(out: Tensor, params: list[nn.Parameter]) -> None:
-    """Documented: out of exactly the result's dtype, sharing no memory with a parameter or gradient."""
+def ref_check_out(out: Tensor, params: list[nn.Parameter], every: list[nn.Parameter]) -> None:
+    """Documented: out of exactly the result's dtype, sharing no memory with any parameter or gradient of the model
+    (``every``, selected or not)."""
     if out.dtype != ref_dtype(params) or out.dim() != 1 or out.numel() != sum(p.numel() for p in params):
         raise TypeError("bad out")
     if out.device.type == "meta":
         raise ValueError("out holds no data")
     ref_check_destination(out)
     mine = element_bytes(out)
-    for t in [*params, *(p.grad for p in params)]:
+    for t in [*every, *(p.grad for p in every)]:
         if t is not None and t.device == out.device and mine & element_bytes(t):
             raise ValueError("out overlaps the model")
 
@@ -120,7 +121,7 @@ def ref_check_out(out: Tensor, params: list[nn.Parameter]) -> None:
 def ref_get_params(module: nn.Module, out: Tensor | None, select: Any = None) -> Tensor:
     params = ref_params(module, select)
     if out is not None:
-        ref_check_out(out, params)
+        ref_check_out(out, params, list(module.parameters()))
     result = ref_flat(list(params), params, None if out is None else out.device)
     return result if out is None else out.copy_(result)
 
@@ -129,7 +130,7 @@ def ref_get_grads(module: nn.Module, out: Tensor | None, select: Any = None) -> 
     params = ref_params(module, select)
     ref_check_grads(params)
     if out is not None:
-        ref_check_out(out, params)
+        ref_check_out(out, params, list(module.parameters()))
     result = ref_flat([p.grad for p in params], params, None if out is None else out.device)
     return result if out is None else out.copy_(result)
 
