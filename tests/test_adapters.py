@@ -306,3 +306,29 @@ def test_a_model_whose_classifier_is_a_1x1_convolution_passes_the_checker(name: 
 def test_a_distilled_two_head_model_is_refused_at_construction() -> None:
     with pytest.raises(TypeError, match=r"has 2 classifier heads .* use the model without distillation"):
         from_timm("deit_tiny_distilled_patch16_224", num_classes=5)
+
+
+# --- per-example gradients and the Fisher on adapted models ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: backbone.from_timm("resnet10t", num_classes=3),
+        lambda: backbone.from_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=3),
+        lambda: backbone.from_torchvision("resnet18", num_classes=3),
+    ],
+    ids=["timm-resnet10t", "timm-vit", "torchvision-resnet18"],
+)
+def test_per_sample_grads_of_an_adapted_model_equal_the_per_example_loop(make: Callable[[], nn.Module]) -> None:
+    torch.manual_seed(0)
+    net = make().eval()
+    x, y = torch.randn(2, 3, 32, 32), torch.tensor([0, 2])
+    rows = backbone.per_sample_grads(net, nn.functional.cross_entropy, x, y, select="trainable")
+    for i in range(2):
+        net.zero_grad()
+        nn.functional.cross_entropy(net(x[i : i + 1]), y[i : i + 1]).backward()
+        expected = backbone.get_grads(net, select="trainable")
+        assert float((rows[i] - expected).abs().max()) <= 1e-6 * float(expected.abs().max())
+    fisher = backbone.fisher_diagonal(net, [(x, y)], select="no_classifier")
+    assert fisher.shape == (backbone.flat_layout(net, select="no_classifier").numel,) and bool((fisher >= 0).all())
