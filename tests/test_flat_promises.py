@@ -140,3 +140,13 @@ def test_an_expanded_out_buffer_is_named_out() -> None:
     with pytest.raises(ValueError) as info:
         backbone.get_params(layer, out=out)
     assert str(info.value).startswith("out cannot be written element by element: several of its elements share")
+
+
+def test_add_grads_rounds_once_from_the_vectors_dtype_as_add_does() -> None:
+    generator = torch.Generator().manual_seed(0)
+    net = One(torch.zeros(1000))
+    start = torch.randn(1000, generator=generator)
+    net.p.grad = start.clone()
+    v = torch.randn(1000, generator=generator, dtype=torch.float64) / 3
+    backbone.add_grads(net, v, alpha=0.3)
+    assert torch.equal(net.p.grad, start.clone().add_(v, alpha=0.3))  # not v converted to float32 first
