@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch._utils import _unflatten_dense_tensors
 
-from .layout import Selection, selected_parameters, walk
+from .layout import Selection, walk
 
 __all__ = ["add_grads", "get_grads", "get_grads_list", "get_params", "set_grads", "set_params"]
 
@@ -402,14 +402,6 @@ def _slices(vector: Tensor, params: list[nn.Parameter], *, convert: bool) -> lis
 # --- the public functions ---------------------------------------------------
 
 
-def _walk(module: nn.Module, select: Selection) -> tuple[list[str], list[nn.Parameter]]:
-    """The selected parameters and their names, in flat-vector order (all of them for None)."""
-    if select is None:
-        return walk(module)
-    picked = selected_parameters(module, select)
-    return [name for name, _ in picked], [p for _, p in picked]
-
-
 def get_params(module: nn.Module, *, out: Tensor | None = None, select: Selection = None) -> Tensor:
     """Concatenate all parameters of ``module`` into one 1-D tensor.
 
@@ -454,7 +446,7 @@ def get_params(module: nn.Module, *, out: Tensor | None = None, select: Selectio
         ...
         TypeError: out must have the result's dtype torch.float32, got torch.int64
     """
-    names, params = _walk(module, select)
+    names, params = walk(module, select)
     if out is not None:
         grads = list(map(_grad, params))
         out = _check_out(out, names, params, grads, list(params), "parameter")
@@ -506,7 +498,7 @@ def set_params(module: nn.Module, new_params: Tensor, *, select: Selection = Non
         Parameter containing:
         tensor([6., 7.], requires_grad=True)
     """
-    names, params = _walk(module, select)
+    names, params = walk(module, select)
     source = _check_vector(new_params, sum(p.numel() for p in params), "new_params")
     _check_castable(source, set(map(_dtype, params)), "new_params")
     _check_writable(list(params), lambda i: f"parameter {names[i]!r}")
@@ -554,7 +546,7 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None, select: Selection
         >>> get_grads(layer)
         tensor([1., 1., 1., 1., 1., 1., 1., 1.])
     """
-    names, params = _walk(module, select)
+    names, params = walk(module, select)
     grads = list(map(_grad, params))
     _check_grads(names, params, grads)
     if out is None:
@@ -661,7 +653,7 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0, select: 
 
 def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | None, select: Selection) -> None:
     """Set (alpha None) or add ``alpha *`` the vector into every gradient, after checking everything."""
-    names, params = _walk(module, select)
+    names, params = walk(module, select)
     source = _check_vector(vector, sum(p.numel() for p in params), name)
     grads: list[Tensor | None] = list(map(_grad, params))
     for i, grad in enumerate(grads):
@@ -736,7 +728,7 @@ def get_grads_list(module: nn.Module, *, select: Selection = None) -> list[Tenso
         >>> torch.equal(torch.cat(get_grads_list(layer)), get_grads(layer))
         True
     """
-    names, params = _walk(module, select)
+    names, params = walk(module, select)
     grads = list(map(_grad, params))
     _check_grads(names, params, grads)
     if _fused(params):

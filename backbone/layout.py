@@ -228,11 +228,7 @@ def flat_layout(module: nn.Module, *, select: Selection = None) -> FlatLayout:
         >>> [(e.name, e.offset) for e in flat_layout(nn.Linear(3, 2), select=["bias"])]
         [('bias', 0)]
     """
-    if select is None:
-        names, params = walk(module)
-    else:
-        picked = selected_parameters(module, select)
-        names, params = [name for name, _ in picked], [p for _, p in picked]
+    names, params = walk(module, select)
     entries, offset = [], 0
     for name, p in zip(names, params, strict=True):
         entries.append(LayoutEntry(name, offset, tuple(p.shape), p.dtype))
@@ -240,7 +236,7 @@ def flat_layout(module: nn.Module, *, select: Selection = None) -> FlatLayout:
     return FlatLayout(tuple(entries))
 
 
-def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
+def walk(module: object, select: Selection = None) -> tuple[list[str], list[nn.Parameter]]:
     """The names and parameters of ``module`` in flat-vector order, as they are now.
 
     This is the one walk behind every flat vector: :func:`~backbone.flat_layout` and
@@ -251,6 +247,8 @@ def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
 
     Args:
         module: the module to walk.
+        select: which parameters to keep (see :func:`selected_parameters`);
+            all of them by default.
 
     Returns:
         The qualified names and the parameters, in the same order.
@@ -293,7 +291,15 @@ def walk(module: object) -> tuple[list[str], list[nn.Parameter]]:
             f"parameter {name!r} must be a dense (strided) tensor, got layout {p.layout}; "
             "flat vectors cover dense parameters only"
         )
-    return names, params
+    if select is None or (isinstance(select, str) and select == "all"):
+        return names, params
+    keep = _keep(module, names, params, select)
+    if not any(keep):
+        raise ValueError(
+            f"select={_describe(select)} picks no parameter of {type(module).__name__}; "
+            "expected a selection of at least one parameter"
+        )
+    return [n for n, k in zip(names, keep, strict=True) if k], [p for p, k in zip(params, keep, strict=True) if k]
 
 
 _layout = operator.attrgetter("layout")
@@ -510,17 +516,7 @@ def selected_parameters(module: nn.Module, select: Selection = None) -> list[tup
         ...
         ValueError: select names 'classifier.bais', which MNISTMLP has no parameter of; did you mean ...?
     """
-    names, params = walk(module)
-    if select is None or (isinstance(select, str) and select == "all"):
-        return list(zip(names, params, strict=True))
-    keep = _keep(module, names, params, select)
-    picked = [(name, p) for name, p, k in zip(names, params, keep, strict=True) if k]
-    if not picked:
-        raise ValueError(
-            f"select={_describe(select)} picks no parameter of {type(module).__name__}; "
-            "expected a selection of at least one parameter"
-        )
-    return picked
+    return list(zip(*walk(module, select), strict=True))
 
 
 def _keep(module: nn.Module, names: list[str], params: list[nn.Parameter], select: object) -> list[bool]:

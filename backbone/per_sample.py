@@ -45,7 +45,7 @@ from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
 from ._checks import check_module
-from .layout import Selection, selected_parameters, walk
+from .layout import Selection, walk
 
 __all__ = ["fisher_diagonal", "per_sample_grads"]
 
@@ -203,7 +203,7 @@ def fisher_diagonal(
         raise ValueError(f"decay must be a finite number, got {decay!r}")
     if not isinstance(loader, Iterable):
         raise TypeError(f"loader must be an iterable of (inputs, targets, ...) batches, got {type(loader).__name__}")
-    names, params = _selection(module, select)
+    names, params = walk(module, select)
     select = list(names)  # resolved once: an iterator of names is read here, not again for each batch
     shapes = [p.shape for p in params]
     total_size = sum(p.numel() for p in params)
@@ -250,7 +250,7 @@ def fisher_diagonal(
                 f"fisher_diagonal needs targets as class indices, an integer tensor [B], got {targets.dtype} "
                 f"of shape {tuple(targets.shape)}"
             )
-        now = _selection(module, select)[1]
+        now = walk(module, select)[1]
         if [p.shape for p in now] != shapes:
             raise ValueError("the selected parameters changed shape while the loader ran; expected a fixed model")
         targets = targets.long()
@@ -274,17 +274,12 @@ def fisher_diagonal(
 # --- the vectorised pass ----------------------------------------------------
 
 
-def _selection(module: nn.Module, select: Selection) -> tuple[list[str], list[nn.Parameter]]:
-    picked = selected_parameters(module, select)
-    return [name for name, _ in picked], [p for _, p in picked]
-
-
 def _prepare(
     module: nn.Module, inputs: object, targets: object, select: Selection, chunk_size: object
 ) -> tuple[list[str], list[nn.Parameter]]:
     """Check everything before any work; return the selection."""
     module = check_module(module)
-    names, params = _selection(module, select)
+    names, params = walk(module, select)
     if not isinstance(inputs, Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     if not isinstance(targets, Tensor):
