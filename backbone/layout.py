@@ -247,7 +247,7 @@ def walk(module: object, select: Selection = None) -> tuple[list[str], list[nn.P
 
     Args:
         module: the module to walk.
-        select: which parameters to keep (see :func:`selected_parameters`);
+        select: which parameters to keep (see :func:`~backbone.selected_parameters`);
             all of them by default.
 
     Returns:
