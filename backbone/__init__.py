@@ -19,6 +19,7 @@ from .base import (
     feature_take_indices,
 )
 from .check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
+from .checkpoints import load_checkpoint
 from .flat import add_grads, get_grads, get_grads_list, get_params, set_grads, set_params
 from .growth import grow_classifier, mask_unseen
 from .init import xavier
@@ -87,6 +88,7 @@ __all__ = [
     "get_params",
     "grow_classifier",
     "list_backbones",
+    "load_checkpoint",
     "mask_unseen",
     "num_flat_features",
     "per_sample_grads",
