@@ -12,13 +12,14 @@ is ever downloaded: a URL or a hub name is refused.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
 import struct
 import zipfile
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -180,7 +181,7 @@ def _read(checkpoint: object) -> tuple[dict[str, Tensor], str]:
     raw = _unwrap_training_checkpoint(raw)
     prefix = _npz_prefix(raw)
     if prefix is not None:
-        return _from_npz(raw, prefix), "npz"
+        return _from_npz(raw, prefix), ".npz checkpoint"
     return _from_state_dict(raw), "state dict"
 
 
@@ -193,38 +194,44 @@ def _read_file(path: str) -> Mapping[str, Any]:
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint must be a local file, got {path!r}, which is not a file")
     try:
-        with open(path, "rb") as file:
-            start = file.read(9)
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-            if names and all(name.endswith(".npy") for name in names):
-                with np.load(path, allow_pickle=False) as arrays:
-                    return {key: arrays[key] for key in arrays.files}
-        elif _is_safetensors(start, os.path.getsize(path)):
-            return _read_safetensors(path)
+        kind = _sniff(path)
+    except OSError as error:
+        raise ValueError(f"cannot read {path!r}: {error}") from error
+    load_safetensors = _safetensors_loader(path) if kind == "safetensors" else None
+    try:
+        if kind == "npz":
+            with np.load(path, allow_pickle=False) as arrays:
+                return {key: arrays[key] for key in arrays.files}
+        if load_safetensors is not None:
+            return cast(Mapping[str, Any], load_safetensors(path, device="cpu"))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # whatever numpy, torch or safetensors raise on a damaged or foreign file
-        raise ValueError(f"cannot read {path!r} as a .npz, torch or safetensors checkpoint: {error}") from error
+        raise ValueError(f"cannot read {path!r} as a {kind} checkpoint: {error}") from error
     if not isinstance(state, Mapping):
         raise ValueError(f"{path!r} holds a {type(state).__name__}, not a mapping of names to tensors")
     return state
 
 
-def _is_safetensors(start: bytes, size: int) -> bool:
-    # An 8-byte little-endian header length, then the header, a JSON object.
-    if len(start) < 9:
-        return False
-    (header,) = struct.unpack("<Q", start[:8])
-    return start[8:9] == b"{" and header <= size - 8
+def _sniff(path: str) -> str:
+    """'npz' (a zip of .npy arrays), 'safetensors' (a length, then a JSON header) or 'torch' (anything else)."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+        # torch.save writes a zip too, of data.pkl and storages.
+        return "npz" if names and all(name.endswith(".npy") for name in names) else "torch"
+    with open(path, "rb") as file:
+        start = file.read(9)
+    if len(start) == 9 and start[8:9] == b"{" and struct.unpack("<Q", start[:8])[0] <= os.path.getsize(path) - 8:
+        return "safetensors"
+    return "torch"
 
 
-def _read_safetensors(path: str) -> Mapping[str, Any]:
+def _safetensors_loader(path: str) -> Callable[..., Any]:
+    # Optional and untyped here: imported by name, so that neither mypy nor the package depends on it.
     try:
-        from safetensors.torch import load_file
+        return cast(Callable[..., Any], importlib.import_module("safetensors.torch").load_file)
     except ImportError as error:
         raise ValueError(f"{path!r} is a safetensors file: pip install safetensors to read it") from error
-    return load_file(path, device="cpu")  # type: ignore[no-any-return]
 
 
 def _unwrap_training_checkpoint(raw: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -497,8 +504,10 @@ def _resample_kernel(kernel: Tensor, size: tuple[int, int], *, interpolation: st
     (growing the patch), and the least-squares best otherwise.
     """
     out_chans, in_chans, height, width = kernel.shape
-    basis = torch.eye(height * width, dtype=torch.float32).reshape(height * width, 1, height, width)
+    basis = torch.eye(height * width, dtype=torch.float32, device=kernel.device).reshape(
+        height * width, 1, height, width
+    )
     resized = F.interpolate(basis, size=size, mode=interpolation, antialias=antialias, align_corners=False)
     resize = resized.reshape(height * width, size[0] * size[1]).T
-    flat = kernel.float().reshape(out_chans, in_chans, height * width) @ torch.linalg.pinv(resize)
+    flat = kernel.float().reshape(out_chans, in_chans, height * width) @ cast(Tensor, torch.linalg.pinv(resize))
     return flat.reshape(out_chans, in_chans, *size).to(kernel.dtype)
