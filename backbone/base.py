@@ -351,14 +351,22 @@ class MammothBackbone(nn.Module):
             >>> logits.shape, features.shape
             (torch.Size([5, 2]), torch.Size([5, 3]))
         """
+        return self._forward_returnt(x, returnt)
+
+    def _forward_returnt(self, x: Tensor, returnt: object, **inputs: Any) -> BackboneOutput:
+        """The ``returnt`` dispatch, passing ``inputs`` on to the two methods that take the input batch.
+
+        A subclass whose ``forward`` takes more keyword arguments (the ViT's
+        prompts) checks them, then calls this.
+        """
         returnt = check_returnt(returnt)
         if not isinstance(x, Tensor):
             name = type(self).__name__
             raise TypeError(f"{name} expects the input batch x to be a torch.Tensor, got {type(x).__name__}")
         if returnt == "full":
-            final, stages = cast("tuple[Tensor, list[Tensor]]", self.forward_intermediates(x))
+            final, stages = cast("tuple[Tensor, list[Tensor]]", self.forward_intermediates(x, **inputs))
             return self._logits(final, self.forward_head(final, pre_logits=True)), stages
-        final = self.forward_features(x)
+        final = self.forward_features(x, **inputs)
         features = self.forward_head(final, pre_logits=True)
         if returnt == "features":
             return features

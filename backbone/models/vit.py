@@ -10,15 +10,16 @@ with the module names timm's ``vision_transformer.py`` uses: a checkpoint of
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._checks import check_bool, check_input, check_output_fmt, check_positive_ints
-from ..base import MammothBackbone, feature_take_indices
+from ..base import BackboneOutput, MammothBackbone, ReturnType, feature_take_indices
 from ..registry import register_backbone
 
 __all__ = [
@@ -46,6 +47,34 @@ class PatchEmbed(nn.Module):
         return cast(Tensor, self.proj(x)).flatten(2).transpose(1, 2)  # [B, N, D]
 
 
+_Delta = tuple[Tensor | None, Tensor]
+"""A call-time ``AB`` delta for one layer, checked: ``(A or None, B)``."""
+
+_Hooks = nn.ModuleDict | Mapping[str, nn.Module]
+
+_NO_HOOKS: _Hooks = MappingProxyType({})
+
+
+def _project(layer: nn.Linear, x: Tensor, tuning: _Hooks, site: str, ab: _Delta | None) -> Tensor:
+    """``layer(x)``, plus what is attached at ``site``: a LoRA, a call-time ``AB`` delta, then SSF."""
+    out = cast(Tensor, layer(x))
+    lora = tuning[f"lora_{site}"] if f"lora_{site}" in tuning else None  # noqa: SIM401 (ModuleDict has no get)
+    if lora is not None and not lora.merged:
+        out = out + lora(x)
+    if ab is not None:
+        # Mammoth's semantics: the delta's leading dimensions broadcast
+        # against [batch, 1] and are summed after the product.
+        a, b = ab
+        h = x.transpose(1, 2).unsqueeze(1)  # [batch, 1, in, tokens]
+        h = b @ (h if a is None else a @ h)
+        out = out + h.sum(1).transpose(1, 2)
+    return _ssf(tuning, site, out)
+
+
+def _ssf(tuning: _Hooks, site: str, x: Tensor) -> Tensor:
+    return cast(Tensor, tuning[f"ssf_{site}"](x)) if f"ssf_{site}" in tuning else x
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with one ``qkv`` projection."""
 
@@ -57,11 +86,25 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        tuning: _Hooks = _NO_HOOKS,
+        prefix: Tensor | None = None,
+        ab: dict[str, _Delta] | None = None,
+    ) -> Tensor:
+        ab = ab or {}
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))  # type: ignore[no-any-return]
+        heads = self.num_heads
+        qkv = _project(self.qkv, x, tuning, "qkv", ab.get("qkv"))
+        q, k, v = qkv.reshape(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        if prefix is not None:
+            # prefix: [batch, 2, length, dim], keys then values, put before
+            # the projected keys and values (prefix tuning).
+            pk, pv = prefix.reshape(batch, 2, -1, heads, dim // heads).permute(1, 0, 3, 2, 4)
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return _project(self.proj, out.transpose(1, 2).reshape(batch, tokens, dim), tuning, "proj", ab.get("proj"))
 
 
 class Mlp(nn.Module):
@@ -71,12 +114,20 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))  # type: ignore[no-any-return]
+    def forward(
+        self, x: Tensor, tuning: _Hooks = _NO_HOOKS, ab: dict[str, _Delta] | None = None
+    ) -> Tensor:
+        ab = ab or {}
+        x = self.act(_project(self.fc1, x, tuning, "fc1", ab.get("fc1")))
+        return _project(self.fc2, x, tuning, "fc2", ab.get("fc2"))
 
 
 class Block(nn.Module):
-    """A pre-norm transformer block: attention, then an MLP, each with a residual connection."""
+    """A pre-norm transformer block: attention, then an MLP, each with a residual connection.
+
+    ``tuning`` holds the hooks attached to this block (see
+    :mod:`backbone.tuning`); it is empty, and holds no parameters, by default.
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool) -> None:
         super().__init__()
@@ -84,10 +135,112 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.tuning = nn.ModuleDict()
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))  # type: ignore[no-any-return]
+    def forward(self, x: Tensor, prefix: Tensor | None = None, ab: dict[str, _Delta] | None = None) -> Tensor:
+        tuning = self.tuning
+        x = x + self.attn(_ssf(tuning, "norm1", self.norm1(x)), tuning, prefix, ab)
+        out = self.mlp(_ssf(tuning, "norm2", self.norm2(x)), tuning, ab)
+        if "adapter" not in tuning:
+            return x + out  # type: ignore[no-any-return]
+        adapter = tuning["adapter"]
+        return x + (out + adapter(x if adapter.mode == "parallel" else out))  # type: ignore[no-any-return]
+
+
+class _CallInputs(NamedTuple):
+    """What a call adds, checked and keyed by block index: prompts ``[B, L, D]``, prefixes ``[B, 2, L, D]``, deltas."""
+
+    prompts: dict[int, Tensor]
+    prefixes: dict[int, Tensor]
+    ab: dict[int, dict[str, _Delta]]
+
+
+def _per_block(value: object, depth: int, name: str, *, tensor_means_block_0: bool = False) -> dict[int, Any]:
+    """``{block index: value}`` from a mapping (None values dropped), a lone tensor (block 0) or None."""
+    if value is None:
+        return {}
+    if tensor_means_block_0 and isinstance(value, Tensor):
+        return {0: value}
+    if not isinstance(value, Mapping):
+        expected = (
+            "a tensor or a mapping {block index: tensor}" if tensor_means_block_0 else "a mapping {block index: ...}"
+        )
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    out = {}
+    for index, item in value.items():
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"{name} must be keyed by block index (int), got {index!r}")
+        if not 0 <= index < depth:
+            raise ValueError(f"{name}: block index {index} is out of range for a model of {depth} blocks")
+        if item is not None:
+            out[index] = item
+    return out
+
+
+def _check_like(t: object, ref: Tensor, what: str) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{what} must be floating point, got {t.dtype}")
+    if t.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
+        raise TypeError(f"{what} must have the model's dtype {ref.dtype}, got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{what} must be on the model's device {ref.device}, got {t.device}")
+    return t
+
+
+def _batched(t: object, batch: int, tail: tuple[int | None, ...], ref: Tensor, what: str) -> Tensor:
+    """``t`` as ``[batch, *tail]``, from ``[batch, *tail]``, ``[1, *tail]`` or ``tail`` (None: any positive size)."""
+    t = _check_like(t, ref, what)
+    shape = tuple(t.shape)
+    if len(shape) == len(tail):
+        shape, t = (1, *shape), t.unsqueeze(0)
+    fits = len(shape) == len(tail) + 1 and shape[0] in (1, batch)
+    fits = fits and all(s > 0 if want is None else s == want for s, want in zip(shape[1:], tail, strict=False))
+    if not fits:
+        dims = ", ".join("L" if want is None else str(want) for want in tail)
+        raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}] with L > 0, got shape {tuple(t.shape)}")
+    return t.expand(batch, *shape[1:])
+
+
+def _delta(given: object, layer: nn.Linear, batch: int, what: str) -> _Delta:
+    """One layer's ``AB`` entry as ``(A or None, B)``, its shapes checked against the layer and the batch."""
+    if isinstance(given, Mapping):
+        unknown = set(given) - {"A", "B"}
+        if unknown or "B" not in given:
+            raise ValueError(
+                f"{what} must be a tensor, {{'B': B}} or {{'A': A, 'B': B}}, got keys {sorted(map(str, given))}"
+            )
+        a, b = given.get("A"), given["B"]
+    else:
+        a, b = None, given
+    weight = layer.weight
+    b = _check_like(b, weight, f"{what}'s B")
+    if a is not None:
+        a = _check_like(a, weight, f"{what}'s A")
+    out_features, in_features = layer.out_features, layer.in_features
+    if a is None:
+        fits, expected = (
+            2 <= b.dim() <= 4 and tuple(b.shape[-2:]) == (out_features, in_features),
+            f"[..., {out_features}, {in_features}]",
+        )
+    else:
+        rank = a.shape[-2] if a.dim() >= 2 else -1
+        fits = 2 <= a.dim() <= 4 and 2 <= b.dim() <= 4 and a.shape[-1] == in_features
+        fits = fits and tuple(b.shape[-2:]) == (out_features, rank)
+        expected = f"A [..., r, {in_features}] and B [..., {out_features}, r]"
+    leading = [tuple(b.shape[:-2])] + ([] if a is None else [tuple(a.shape[:-2])])
+    if fits:
+        try:
+            fits = torch.broadcast_shapes((batch, 1), *leading)[0] == batch  # type: ignore[no-untyped-call]
+        except RuntimeError:
+            fits = False
+    if not fits:
+        shapes = f"B {tuple(b.shape)}" + ("" if a is None else f", A {tuple(a.shape)}")
+        raise ValueError(
+            f"{what} must be {expected}, with leading dimensions that broadcast against [{batch}, 1]; got {shapes}"
+        )
+    return a, b
 
 
 class VisionTransformer(MammothBackbone):
@@ -164,6 +317,8 @@ class VisionTransformer(MammothBackbone):
         self.feature_info = [
             {"num_chs": embed_dim, "reduction": patch_size, "module": f"blocks.{i}"} for i in range(depth)
         ]
+        # Model-level tuning hooks (prompt tokens); empty, with no parameters, by default.
+        self.tuning = nn.ModuleDict()
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -270,8 +425,83 @@ class VisionTransformer(MammothBackbone):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed
 
-    def forward_features(self, x: Tensor) -> Tensor:
-        """Return the token sequence ``[B, 1 + N, D]`` after the final LayerNorm.
+    def forward(
+        self,
+        x: Tensor,
+        returnt: ReturnType = "out",
+        *,
+        prompts: Tensor | Mapping[int, Tensor] | None = None,
+        prefixes: Mapping[int, Tensor] | None = None,
+        AB: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> BackboneOutput:
+        """Run the ViT and return what ``returnt`` selects, with prompts, prefixes or deltas given at the call.
+
+        The three keyword arguments are for methods that choose what to add
+        per call or per sample (a prompt pool, a LoRA per task); hooks that
+        stay with the model are attached with :mod:`backbone.tuning` instead.
+        Block indices count from 0. All are checked before anything runs.
+
+        Args:
+            x: the input batch ``[B, C, H, W]``.
+            returnt: ``'out'``, ``'features'``, ``'both'`` or ``'full'``, as
+                for every backbone. ``'full'`` stages are the patch tokens
+                only: class token and prompts are left out.
+            prompts: tokens put after the class token: one tensor (before
+                block 0, where they stay) or ``{block: tensor}`` (before each
+                of those blocks, replacing the prompts an earlier block got).
+                Each is ``[B, L, D]``, or ``[L, D]`` / ``[1, L, D]`` for the
+                same prompts on every sample. The class token stays the
+                features.
+            prefixes: ``{block: tensor [B, 2, L, D]}`` (or ``[2, L, D]``):
+                keys (index 0) and values (index 1) put before that block's
+                projected keys and values, as DualPrompt and CODA-Prompt do.
+            AB: Mammoth's low-rank deltas, ``{block: {layer: delta}}`` with
+                ``layer`` one of ``'qkv'``, ``'proj'``, ``'fc1'``, ``'fc2'``
+                and ``delta`` a weight delta ``B`` (``[..., out, in]``),
+                ``{"B": B}`` (the same), or ``{"A": A, "B": B}`` (``A``
+                ``[..., r, in]``, ``B`` ``[..., out, r]``, the delta
+                ``B @ A``). The layer computes ``x @ (W + delta).T + b``;
+                leading dimensions of the delta broadcast against
+                ``[B, 1]`` and are summed, as in Mammoth.
+
+        Returns:
+            A tensor, or a tuple, as for every backbone.
+
+        Raises:
+            TypeError: an argument of the wrong type or dtype.
+            ValueError: a bad ``returnt``, block index, layer name or
+                shape, or prompts given for a block whose prompts are
+                attached.
+
+        Example:
+            >>> import torch
+            >>> from backbone import vit_tiny_patch4_32
+            >>> net = vit_tiny_patch4_32(10).eval()
+            >>> x = torch.randn(2, 3, 32, 32)
+            >>> tokens = net.forward_features(x, prompts=torch.zeros(5, 192))
+            >>> tokens.shape                                 # class token, 5 prompts, 64 patches
+            torch.Size([2, 70, 192])
+            >>> delta = {"A": torch.zeros(4, 192), "B": torch.zeros(576, 4)}
+            >>> torch.equal(net(x, AB={0: {"qkv": delta}}), net(x))
+            True
+            >>> prefix = torch.zeros(2, 2, 3, 192)          # 3 key and 3 value tokens per sample
+            >>> net(x, returnt="both", prefixes={0: prefix, 5: prefix})[1].shape
+            torch.Size([2, 192])
+        """
+        return self._forward_returnt(x, returnt, prompts=prompts, prefixes=prefixes, AB=AB)
+
+    def forward_features(
+        self,
+        x: Tensor,
+        *,
+        prompts: Tensor | Mapping[int, Tensor] | None = None,
+        prefixes: Mapping[int, Tensor] | None = None,
+        AB: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> Tensor:
+        """Return the token sequence ``[B, 1 + P + N, D]`` after the final LayerNorm.
+
+        ``P`` is the number of prompt tokens present after the last block
+        (0 without prompts); the keyword arguments are :meth:`forward`'s.
 
         Example:
             >>> import torch
@@ -279,7 +509,60 @@ class VisionTransformer(MammothBackbone):
             >>> vit_tiny_patch4_32(10).forward_features(torch.zeros(1, 3, 32, 32)).shape
             torch.Size([1, 65, 192])
         """
-        return cast(Tensor, self.norm(self.blocks(self._embed(x))))
+        inputs = self._call_inputs(x, prompts, prefixes, AB)
+        final, _ = self._run_blocks(x, inputs, len(self.blocks) - 1, set())
+        return cast(Tensor, self.norm(final))
+
+    def _run_blocks(
+        self, x: Tensor, inputs: _CallInputs, last: int, wanted: set[int]
+    ) -> tuple[Tensor, list[tuple[Tensor, int]]]:
+        """Embed, then run blocks 0..``last``; also return each wanted block's output with its prompt count."""
+        x = self._embed(x)
+        taken, prompted = [], 0
+        for i, block in enumerate(list(self.blocks)[: last + 1]):
+            prompt = inputs.prompts.get(i)
+            if prompt is not None:
+                x = torch.cat([x[:, :1], prompt, x[:, 1 + prompted :]], dim=1)
+                prompted = prompt.shape[1]
+            x = block(x, inputs.prefixes.get(i), inputs.ab.get(i))
+            if i in wanted:
+                taken.append((x, prompted))
+        return x, taken
+
+    def _call_inputs(self, x: Tensor, prompts: object, prefixes: object, ab: object) -> _CallInputs:
+        """Check the call-time prompts, prefixes and deltas against the batch; add the attached prompts."""
+        proj = self.patch_embed.proj
+        check_input(self, x, proj.weight, channels=proj.in_channels)
+        batch, depth, dim = x.shape[0], len(self.blocks), self.feature_dim
+        given = _per_block(prompts, depth, "prompts", tensor_means_block_0=True)
+        checked = {
+            i: _batched(t, batch, (None, dim), self.cls_token, f"prompts for block {i}") for i, t in given.items()
+        }
+        if "prompts" in self.tuning:
+            attached = cast(Any, self.tuning["prompts"])
+            for k, i in enumerate(attached.blocks):
+                if i in checked:
+                    raise ValueError(f"prompts were given for block {i}, which has prompts attached (tuning.prompts)")
+                checked[i] = attached.tokens[k].expand(batch, -1, -1)
+        pre = {
+            i: _batched(t, batch, (2, None, dim), self.cls_token, f"prefixes for block {i}")
+            for i, t in _per_block(prefixes, depth, "prefixes").items()
+        }
+        deltas = {i: self._block_deltas(i, d, batch) for i, d in _per_block(ab, depth, "AB").items()}
+        return _CallInputs(checked, pre, {i: d for i, d in deltas.items() if d})
+
+    def _block_deltas(self, index: int, given: object, batch: int) -> dict[str, _Delta]:
+        if not isinstance(given, Mapping):
+            raise TypeError(f"AB[{index}] must map layer names to deltas, got {type(given).__name__}")
+        block = cast(Block, self.blocks[index])
+        layers = {"qkv": block.attn.qkv, "proj": block.attn.proj, "fc1": block.mlp.fc1, "fc2": block.mlp.fc2}
+        deltas = {}
+        for site, delta in given.items():
+            if site not in layers:
+                raise ValueError(f"AB[{index}] names layers out of {tuple(layers)}, got {site!r}")
+            if delta is not None:
+                deltas[site] = _delta(delta, layers[site], batch, f"AB[{index}][{site!r}]")
+        return deltas
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Take the class token as the features, then classify.
@@ -304,6 +587,10 @@ class VisionTransformer(MammothBackbone):
         stop_early: bool = False,
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
+        *,
+        prompts: Tensor | Mapping[int, Tensor] | None = None,
+        prefixes: Mapping[int, Tensor] | None = None,
+        AB: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> list[Tensor] | list[tuple[Tensor, Tensor]] | tuple[Tensor, list[Tensor]]:
         """Return the final tokens and the output of the blocks ``indices`` selects, as timm's ViT does.
 
@@ -315,7 +602,8 @@ class VisionTransformer(MammothBackbone):
             indices: which blocks: all when None, the last ``n`` for an int,
                 or a sequence of block indices.
             return_prefix_tokens: pair each intermediate with its class token
-                ``[B, 1, D]``.
+                and the prompt tokens present after that block,
+                ``[B, 1 + P, D]``.
             norm: apply the final LayerNorm to the intermediates.
             stop_early: stop after the last selected block; the "final"
                 output is then that block's output, normalised.
@@ -323,6 +611,9 @@ class VisionTransformer(MammothBackbone):
                 W/p]``) or ``'NLC'`` (tokens ``[B, N, D]``); the class token
                 is left out of either.
             intermediates_only: return only the intermediates.
+            prompts: as for :meth:`forward`.
+            prefixes: as for :meth:`forward`.
+            AB: as for :meth:`forward`.
 
         Returns:
             ``(final, intermediates)`` or the intermediates alone.
@@ -337,17 +628,12 @@ class VisionTransformer(MammothBackbone):
         """
         check_output_fmt(output_fmt, ("NCHW", "NLC"))
         take, last = feature_take_indices(len(self.blocks), indices)
-        wanted = set(take)
+        inputs = self._call_inputs(x, prompts, prefixes, AB)
         batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
-        x = self._embed(x)
-        intermediates = []
-        blocks = list(self.blocks)[: last + 1] if stop_early else list(self.blocks)
-        for i, block in enumerate(blocks):
-            x = block(x)
-            if i in wanted:
-                intermediates.append(self.norm(x) if norm else x)
-        prefix = [t[:, : self.num_prefix_tokens] for t in intermediates]
-        intermediates = [t[:, self.num_prefix_tokens :] for t in intermediates]
+        x, taken = self._run_blocks(x, inputs, last if stop_early else len(self.blocks) - 1, set(take))
+        taken = [(self.norm(t) if norm else t, prompted) for t, prompted in taken]
+        prefix = [t[:, : self.num_prefix_tokens + prompted] for t, prompted in taken]
+        intermediates = [t[:, self.num_prefix_tokens + prompted :] for t, prompted in taken]
         if output_fmt == "NCHW":
             grid = (height // self.patch_embed.patch_size, width // self.patch_embed.patch_size)
             intermediates = [t.reshape(batch, *grid, -1).permute(0, 3, 1, 2).contiguous() for t in intermediates]

@@ -1,0 +1,703 @@
+"""Small modules that tune part of a pretrained Vision Transformer, and the calls that attach them.
+
+Each hook is an ordinary ``nn.Module`` that lives inside the model, under a
+``tuning`` container (``blocks.{i}.tuning`` for the per-block hooks,
+``tuning`` for the prompt tokens), so that its parameters are the model's,
+they follow ``.to()`` and ``state_dict``, and their names are easy to pick
+out: every tuning parameter's name starts with ``tuning.`` or contains
+``.tuning.``. A model with nothing attached has empty containers, which hold
+no parameters and add no ``state_dict`` keys.
+
+* :class:`LoRA`: a low-rank delta ``scale * B @ A`` added to a linear layer
+  (``qkv``, ``proj``, ``fc1``, ``fc2``), with :func:`merge_lora` /
+  :func:`unmerge_lora`.
+* :class:`Adapter`: a bottleneck MLP beside (``'parallel'``) or after
+  (``'sequential'``) each chosen block's MLP.
+* :class:`SSF`: a learned scale and shift after chosen operations.
+* :class:`PromptTokens`: learned tokens put after the class token, before
+  chosen blocks (shallow: before block 0; deep: before several).
+
+:func:`freeze_base` then leaves only these (and optionally the head)
+trainable, so that the flat operations with ``select="trainable"`` cover
+exactly them. Prompts chosen per sample, prefixes and Mammoth's ``AB`` deltas
+are passed at the call instead: see :meth:`VisionTransformer.forward
+<backbone.VisionTransformer.forward>`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._checks import check_bool, check_int, check_module
+
+__all__ = [
+    "LINEAR_SITES",
+    "SSF",
+    "SSF_SITES",
+    "Adapter",
+    "LoRA",
+    "PromptTokens",
+    "add_adapters",
+    "add_lora",
+    "add_prompts",
+    "add_ssf",
+    "freeze_base",
+    "is_tuning_parameter",
+    "merge_lora",
+    "remove_tuning",
+    "unmerge_lora",
+]
+
+LINEAR_SITES: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
+"""The linear layers of a block that :class:`LoRA` and Mammoth's ``AB`` deltas act on.
+
+Example:
+    >>> from backbone import LINEAR_SITES
+    >>> LINEAR_SITES
+    ('qkv', 'proj', 'fc1', 'fc2')
+"""
+
+SSF_SITES: tuple[str, ...] = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
+"""The outputs in a block that :class:`SSF` can scale and shift.
+
+Example:
+    >>> from backbone import SSF_SITES
+    >>> SSF_SITES
+    ('norm1', 'qkv', 'proj', 'norm2', 'fc1', 'fc2')
+"""
+
+
+class LoRA(nn.Module):
+    """A low-rank delta for a linear layer: adds ``scale * x @ A.T @ B.T`` to its output.
+
+    ``A`` is ``[rank, in_features]`` (Kaiming-uniform, as ``nn.Linear``
+    starts its weight), ``B`` is ``[out_features, rank]`` (zeros), and
+    ``scale = alpha / rank``, so that a fresh LoRA changes nothing. While the
+    delta is merged into the layer's weight (:func:`merge_lora`),
+    ``merged`` is True and the model skips this module.
+
+    Args:
+        in_features: the layer's input width.
+        out_features: the layer's output width.
+        rank: the rank of the delta.
+        alpha: the scale's numerator; ``rank`` (a scale of 1) when None.
+
+    Raises:
+        ValueError: a size is not a positive int, or ``alpha`` is not a
+            finite number.
+
+    Example:
+        >>> import torch
+        >>> from backbone import LoRA
+        >>> lora = LoRA(6, 4, rank=2)
+        >>> lora.A.shape, lora.B.shape, lora.scale
+        (torch.Size([2, 6]), torch.Size([4, 2]), 1.0)
+        >>> torch.equal(lora(torch.ones(3, 6)), torch.zeros(3, 4))
+        True
+    """
+
+    _unmerged_weight: Tensor | None
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float | None = None) -> None:
+        for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
+            if check_int(value, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {value}")
+        if alpha is None:
+            alpha = float(rank)
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+            raise ValueError(f"alpha must be a finite number or None, got {alpha!r}")
+        super().__init__()
+        self.rank = rank
+        self.scale = float(alpha) / rank
+        self.merged = False
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        # The layer's weight from before merge_lora, so that unmerge_lora
+        # restores it exactly; a buffer so that it follows .to().
+        self.register_buffer("_unmerged_weight", None, persistent=False)
+
+    def delta(self) -> Tensor:
+        """The weight delta ``scale * B @ A``, ``[out_features, in_features]``.
+
+        Example:
+            >>> import torch
+            >>> from backbone import LoRA
+            >>> lora = LoRA(3, 2, rank=1, alpha=2.0)
+            >>> with torch.no_grad():
+            ...     _ = lora.A.fill_(1.0), lora.B.fill_(0.5)
+            >>> lora.delta()
+            tensor([[1., 1., 1.],
+                    [1., 1., 1.]], grad_fn=<MulBackward0>)
+        """
+        return (self.B @ self.A) * self.scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return ``scale * x @ A.T @ B.T``: what the delta adds to the layer's output."""
+        return F.linear(F.linear(x, self.A), self.B) * self.scale
+
+    def extra_repr(self) -> str:
+        out_features, in_features = self.B.shape[0], self.A.shape[1]
+        return f"in_features={in_features}, out_features={out_features}, rank={self.rank}, scale={self.scale}" + (
+            ", merged" if self.merged else ""
+        )
+
+
+class Adapter(nn.Module):
+    """A bottleneck MLP added to a block's MLP branch (AdaptFormer's adapter).
+
+    ``adapter(h) = scale * up(relu(down(h)))``, with ``up`` starting at zero
+    so that a fresh adapter changes nothing. In a block whose residual
+    stream after attention is ``x`` and whose MLP branch gives
+    ``m = mlp(norm2(x))``:
+
+    * ``'parallel'``: the block returns ``x + (m + adapter(x))``;
+    * ``'sequential'``: the block returns ``x + (m + adapter(m))``.
+
+    Args:
+        dim: the token width ``D``.
+        bottleneck: the hidden width.
+        mode: ``'parallel'`` or ``'sequential'``.
+        scale: the factor on the adapter's output.
+
+    Raises:
+        ValueError: a size is not a positive int, ``mode`` is unknown, or
+            ``scale`` is not a finite number.
+
+    Example:
+        >>> import torch
+        >>> from backbone import Adapter
+        >>> adapter = Adapter(8, 2, mode="sequential")
+        >>> adapter.mode, adapter.down.weight.shape, torch.equal(adapter(torch.ones(1, 8)), torch.zeros(1, 8))
+        ('sequential', torch.Size([2, 8]), True)
+    """
+
+    def __init__(self, dim: int, bottleneck: int, mode: str = "parallel", scale: float = 1.0) -> None:
+        for name, value in (("dim", dim), ("bottleneck", bottleneck)):
+            if check_int(value, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {value}")
+        if mode not in ("parallel", "sequential"):
+            raise ValueError(f"mode must be 'parallel' or 'sequential', got {mode!r}")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
+            raise ValueError(f"scale must be a finite number, got {scale!r}")
+        super().__init__()
+        self.mode = mode
+        self.scale = float(scale)
+        self.down = nn.Linear(dim, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(cast(Tensor, self.down.bias))
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(cast(Tensor, self.up.bias))
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Return ``scale * up(relu(down(h)))``."""
+        return cast(Tensor, self.up(F.relu(self.down(h)))) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, scale={self.scale}"
+
+
+class SSF(nn.Module):
+    """Scale and shift: ``x * scale + shift`` over the last dimension (starts as the identity).
+
+    Args:
+        dim: the width of the last dimension.
+
+    Raises:
+        ValueError: ``dim`` is not a positive int.
+
+    Example:
+        >>> import torch
+        >>> from backbone import SSF
+        >>> ssf = SSF(4)
+        >>> x = torch.randn(2, 3, 4)
+        >>> torch.equal(ssf(x), x), ssf.scale.shape, ssf.shift.shape
+        (True, torch.Size([4]), torch.Size([4]))
+    """
+
+    def __init__(self, dim: int) -> None:
+        if check_int(dim, "dim") < 1:
+            raise ValueError(f"dim must be a positive int, got {dim}")
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(dim))
+        self.shift = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Return ``x * scale + shift``."""
+        return x * self.scale + self.shift
+
+
+class PromptTokens(nn.Module):
+    """Learned prompt tokens, put after the class token before each of ``blocks``.
+
+    ``tokens[k]`` (``[length, D]``) goes in before block ``blocks[k]``,
+    replacing the prompts an earlier block received (VPT-deep); with
+    ``blocks=(0,)`` the prompts go in once and stay (VPT-shallow, L2P). The
+    tokens start uniform in ``[-1, 1]``.
+
+    Args:
+        length: prompt tokens per block.
+        dim: the token width ``D``.
+        blocks: the block indices, strictly increasing.
+
+    Raises:
+        ValueError: a size is not a positive int, or ``blocks`` is empty,
+            negative or not strictly increasing.
+
+    Example:
+        >>> from backbone import PromptTokens
+        >>> prompts = PromptTokens(5, 8, blocks=(0, 2))
+        >>> prompts.tokens.shape, prompts.blocks
+        (torch.Size([2, 5, 8]), (0, 2))
+    """
+
+    def __init__(self, length: int, dim: int, blocks: Sequence[int] = (0,)) -> None:
+        for name, value in (("length", length), ("dim", dim)):
+            if check_int(value, name) < 1:
+                raise ValueError(f"{name} must be a positive int, got {value}")
+        chosen = _block_list(blocks, "blocks")
+        if not chosen or chosen[0] < 0 or any(b <= a for a, b in itertools.pairwise(chosen)):
+            raise ValueError(f"blocks must be non-negative block indices in increasing order, got {blocks!r}")
+        super().__init__()
+        self.blocks = tuple(chosen)
+        self.tokens = nn.Parameter(torch.empty(len(chosen), length, dim).uniform_(-1.0, 1.0))
+
+    def extra_repr(self) -> str:
+        return f"length={self.tokens.shape[1]}, dim={self.tokens.shape[2]}, blocks={self.blocks}"
+
+
+def _block_list(blocks: object, name: str) -> list[int]:
+    if isinstance(blocks, str | bytes) or not isinstance(blocks, Iterable):
+        raise TypeError(f"{name} must be a sequence of block indices, got {type(blocks).__name__}")
+    return [check_int(b, f"each of {name}") for b in blocks]
+
+
+def _vit_blocks(model: object, what: str) -> list[Any]:
+    """The model's blocks, each with its ``tuning`` container; refuses anything else."""
+    module = check_module(model, f"{what}'s model")
+    blocks = getattr(module, "blocks", None)
+    tuning = getattr(module, "tuning", None)
+    if not (
+        isinstance(blocks, nn.Sequential)
+        and isinstance(tuning, nn.ModuleDict)
+        and all(isinstance(getattr(b, "tuning", None), nn.ModuleDict) for b in blocks)
+    ):
+        raise TypeError(f"{what} expects the package's VisionTransformer, got {type(module).__name__}")
+    return list(blocks)
+
+
+def _chosen_blocks(blocks: object, depth: int, what: str) -> list[int]:
+    if blocks is None:
+        return list(range(depth))
+    chosen = _block_list(blocks, "blocks")
+    if not chosen:
+        raise ValueError(f"{what}: blocks must name at least one block, got an empty sequence")
+    for b in chosen:
+        if not 0 <= b < depth:
+            raise ValueError(f"{what}: block index {b} is out of range for a model of {depth} blocks")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"{what}: blocks repeats an index, got {blocks!r}")
+    return chosen
+
+
+def _chosen_sites(sites: object, allowed: tuple[str, ...], what: str) -> list[str]:
+    if isinstance(sites, str):
+        sites = (sites,)
+    if not isinstance(sites, Iterable):
+        raise TypeError(f"{what}: expected a sequence of site names, got {type(sites).__name__}")
+    chosen = list(sites)
+    if not chosen:
+        raise ValueError(f"{what}: expected at least one site out of {allowed}, got none")
+    for site in chosen:
+        if site not in allowed:
+            raise ValueError(f"{what}: expected sites out of {allowed}, got {site!r}")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"{what}: a site is repeated in {tuple(chosen)}")
+    return chosen
+
+
+def _site_layer(block: Any, site: str) -> nn.Module:
+    """The module whose output the site names: a linear layer or a LayerNorm."""
+    if site in ("qkv", "proj"):
+        return cast(nn.Module, getattr(block.attn, site))
+    if site in ("fc1", "fc2"):
+        return cast(nn.Module, getattr(block.mlp, site))
+    return cast(nn.Module, getattr(block, site))
+
+
+def _attach(blocks: list[Any], made: dict[tuple[int, str], nn.Module], what: str) -> None:
+    """Put every new hook in place, after checking that none of their places is taken."""
+    for (index, key), _ in made.items():
+        if key in blocks[index].tuning:
+            raise ValueError(f"{what}: block {index} already has {key!r} attached; remove_tuning first")
+    for (index, key), hook in made.items():
+        blocks[index].tuning[key] = hook
+
+
+def _like(hook: nn.Module, weight: Tensor) -> nn.Module:
+    return hook.to(device=weight.device, dtype=weight.dtype)
+
+
+def add_lora(
+    model: nn.Module,
+    rank: int,
+    *,
+    sites: Sequence[str] = LINEAR_SITES,
+    blocks: Sequence[int] | None = None,
+    alpha: float | None = None,
+) -> list[LoRA]:
+    """Attach a :class:`LoRA` to each of ``sites`` in each of ``blocks``.
+
+    Each LoRA is made on its layer's device and dtype and lives at
+    ``blocks.{i}.tuning.lora_{site}``. Nothing is attached if any place is
+    already taken or any argument is wrong.
+
+    Args:
+        model: a :class:`~backbone.VisionTransformer`.
+        rank: the rank of every delta.
+        sites: which linear layers, out of :data:`LINEAR_SITES`.
+        blocks: which blocks; all when None.
+        alpha: the scale's numerator (see :class:`LoRA`).
+
+    Returns:
+        The new LoRA modules, block by block, in the order of ``sites``.
+
+    Raises:
+        TypeError: ``model`` is not a VisionTransformer.
+        ValueError: a bad rank, site or block index, or a place that
+            already holds a LoRA.
+
+    Example:
+        >>> import torch
+        >>> from backbone import add_lora, vit_tiny_patch4_32
+        >>> net = vit_tiny_patch4_32(10).eval()
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> before = net(x)
+        >>> loras = add_lora(net, rank=4, sites=("qkv", "fc1"))
+        >>> len(loras), torch.equal(net(x), before)   # B starts at zero
+        (24, True)
+        >>> [n for n, _ in net.named_parameters() if n.startswith("blocks.0.tuning")]  # doctest: +NORMALIZE_WHITESPACE
+        ['blocks.0.tuning.lora_qkv.A', 'blocks.0.tuning.lora_qkv.B',
+         'blocks.0.tuning.lora_fc1.A', 'blocks.0.tuning.lora_fc1.B']
+    """
+    all_blocks = _vit_blocks(model, "add_lora")
+    if check_int(rank, "rank") < 1:
+        raise ValueError(f"rank must be a positive int, got {rank}")
+    chosen_sites = _chosen_sites(sites, LINEAR_SITES, "add_lora")
+    made: dict[tuple[int, str], nn.Module] = {}
+    for index in _chosen_blocks(blocks, len(all_blocks), "add_lora"):
+        for site in chosen_sites:
+            layer = cast(nn.Linear, _site_layer(all_blocks[index], site))
+            made[index, f"lora_{site}"] = _like(LoRA(layer.in_features, layer.out_features, rank, alpha), layer.weight)
+    _attach(all_blocks, made, "add_lora")
+    return cast(list[LoRA], list(made.values()))
+
+
+def add_adapters(
+    model: nn.Module,
+    bottleneck: int,
+    *,
+    mode: str = "parallel",
+    blocks: Sequence[int] | None = None,
+    scale: float = 1.0,
+) -> list[Adapter]:
+    """Attach an :class:`Adapter` to each of ``blocks`` (at ``blocks.{i}.tuning.adapter``).
+
+    Args:
+        model: a :class:`~backbone.VisionTransformer`.
+        bottleneck: the adapters' hidden width.
+        mode: ``'parallel'`` or ``'sequential'`` (see :class:`Adapter`).
+        blocks: which blocks; all when None.
+        scale: the factor on each adapter's output.
+
+    Returns:
+        The new adapters, in block order.
+
+    Raises:
+        TypeError: ``model`` is not a VisionTransformer.
+        ValueError: a bad size, mode or block index, or a block that
+            already has an adapter.
+
+    Example:
+        >>> from backbone import add_adapters, vit_tiny_patch4_32
+        >>> net = vit_tiny_patch4_32(10)
+        >>> len(add_adapters(net, 16, blocks=[10, 11])), net.blocks[11].tuning.adapter.up.weight.shape
+        (2, torch.Size([192, 16]))
+    """
+    all_blocks = _vit_blocks(model, "add_adapters")
+    dim = cast(nn.LayerNorm, all_blocks[0].norm1).normalized_shape[0]
+    made: dict[tuple[int, str], nn.Module] = {}
+    for index in _chosen_blocks(blocks, len(all_blocks), "add_adapters"):
+        weight = all_blocks[index].mlp.fc1.weight
+        made[index, "adapter"] = _like(Adapter(dim, bottleneck, mode, scale), weight)
+    _attach(all_blocks, made, "add_adapters")
+    return cast(list[Adapter], list(made.values()))
+
+
+def add_ssf(
+    model: nn.Module,
+    *,
+    sites: Sequence[str] = SSF_SITES,
+    blocks: Sequence[int] | None = None,
+) -> list[SSF]:
+    """Attach an :class:`SSF` after each of ``sites`` in each of ``blocks``.
+
+    The patch embedding and the final LayerNorm are left alone.
+
+    Args:
+        model: a :class:`~backbone.VisionTransformer`.
+        sites: which outputs, out of :data:`SSF_SITES`.
+        blocks: which blocks; all when None.
+
+    Returns:
+        The new modules, block by block, in the order of ``sites``.
+
+    Raises:
+        TypeError: ``model`` is not a VisionTransformer.
+        ValueError: a bad site or block index, or a place already taken.
+
+    Example:
+        >>> from backbone import add_ssf, vit_tiny_patch4_32
+        >>> net = vit_tiny_patch4_32(10)
+        >>> len(add_ssf(net)), net.blocks[0].tuning.ssf_fc1.scale.shape
+        (72, torch.Size([768]))
+    """
+    all_blocks = _vit_blocks(model, "add_ssf")
+    chosen_sites = _chosen_sites(sites, SSF_SITES, "add_ssf")
+    made: dict[tuple[int, str], nn.Module] = {}
+    for index in _chosen_blocks(blocks, len(all_blocks), "add_ssf"):
+        for site in chosen_sites:
+            layer = _site_layer(all_blocks[index], site)
+            if isinstance(layer, nn.Linear):
+                width, weight = layer.out_features, layer.weight
+            else:
+                width, weight = cast(nn.LayerNorm, layer).normalized_shape[0], all_blocks[index].attn.qkv.weight
+            made[index, f"ssf_{site}"] = _like(SSF(width), weight)
+    _attach(all_blocks, made, "add_ssf")
+    return cast(list[SSF], list(made.values()))
+
+
+def add_prompts(model: nn.Module, length: int, *, blocks: Sequence[int] = (0,)) -> PromptTokens:
+    """Attach :class:`PromptTokens` (at ``tuning.prompts``): shallow with ``blocks=(0,)``, deep with more.
+
+    Args:
+        model: a :class:`~backbone.VisionTransformer`.
+        length: prompt tokens per block.
+        blocks: before which blocks, in increasing order.
+
+    Returns:
+        The new prompts.
+
+    Raises:
+        TypeError: ``model`` is not a VisionTransformer.
+        ValueError: a bad length or block index, or prompts already
+            attached.
+
+    Example:
+        >>> import torch
+        >>> from backbone import add_prompts, vit_tiny_patch4_32
+        >>> net = vit_tiny_patch4_32(10)
+        >>> prompts = add_prompts(net, 5)
+        >>> net.forward_features(torch.zeros(1, 3, 32, 32)).shape   # class token, 5 prompts, 64 patches
+        torch.Size([1, 70, 192])
+    """
+    all_blocks = _vit_blocks(model, "add_prompts")
+    chosen = _chosen_blocks(blocks, len(all_blocks), "add_prompts")
+    dim = cast(nn.LayerNorm, all_blocks[0].norm1).normalized_shape[0]
+    prompts = PromptTokens(length, dim, chosen)
+    tuning = cast(nn.ModuleDict, model.tuning)
+    if "prompts" in tuning:
+        raise ValueError("add_prompts: the model already has prompts attached; remove_tuning first")
+    tuning["prompts"] = _like(prompts, all_blocks[0].attn.qkv.weight)
+    return prompts
+
+
+def remove_tuning(model: nn.Module) -> None:
+    """Detach every tuning hook, so that the model is again exactly the plain one.
+
+    LoRA deltas still merged into the weights are unmerged first.
+
+    Args:
+        model: a :class:`~backbone.VisionTransformer`.
+
+    Raises:
+        TypeError: ``model`` is not a VisionTransformer.
+        ValueError: a merged layer's weight changed since the merge (see
+            :func:`unmerge_lora`); nothing is removed then.
+
+    Example:
+        >>> import torch
+        >>> from backbone import add_lora, add_prompts, remove_tuning, vit_tiny_patch4_32
+        >>> net = vit_tiny_patch4_32(10)
+        >>> keys = list(net.state_dict())
+        >>> _ = add_lora(net, 2), add_prompts(net, 3)
+        >>> remove_tuning(net)
+        >>> list(net.state_dict()) == keys
+        True
+    """
+    all_blocks = _vit_blocks(model, "remove_tuning")
+    unmerge_lora(model)
+    for block in all_blocks:
+        block.tuning.clear()
+    cast(nn.ModuleDict, model.tuning).clear()
+
+
+def _loras(model: nn.Module, what: str) -> list[tuple[nn.Linear, LoRA]]:
+    pairs = []
+    for block in _vit_blocks(model, what):
+        for site in LINEAR_SITES:
+            hook = block.tuning[f"lora_{site}"] if f"lora_{site}" in block.tuning else None  # noqa: SIM401 (ModuleDict has no get)
+            if isinstance(hook, LoRA):
+                pairs.append((cast(nn.Linear, _site_layer(block, site)), hook))
+    return pairs
+
+
+@torch.no_grad()
+def merge_lora(model: nn.Module) -> int:
+    """Add every attached LoRA's delta into its layer's weight; the model then skips the LoRA modules.
+
+    The outputs stay the same up to rounding (the merged weight is one
+    rounded sum). The weight before the merge is kept by the LoRA, so that
+    :func:`unmerge_lora` restores it bit for bit. Deltas already merged are
+    left alone.
+
+    Args:
+        model: a :class:`~backbone.VisionTransformer`.
+
+    Returns:
+        How many deltas were merged by this call.
+
+    Raises:
+        TypeError: ``model`` is not a VisionTransformer.
+
+    Example:
+        >>> import torch
+        >>> from backbone import add_lora, merge_lora, unmerge_lora, vit_tiny_patch4_32
+        >>> net = vit_tiny_patch4_32(10).eval()
+        >>> for lora in add_lora(net, 4, sites=["qkv"]):
+        ...     _ = torch.nn.init.normal_(lora.B, std=0.1)
+        >>> weight = net.blocks[0].attn.qkv.weight.clone()
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> before = net(x)
+        >>> merge_lora(net), torch.allclose(net(x), before, atol=1e-5)
+        (12, True)
+        >>> unmerge_lora(net), torch.equal(net.blocks[0].attn.qkv.weight, weight)
+        (12, True)
+    """
+    pairs = [(layer, lora) for layer, lora in _loras(model, "merge_lora") if not lora.merged]
+    for layer, lora in pairs:
+        lora._unmerged_weight = layer.weight.detach().clone()
+        layer.weight.add_(lora.delta().to(layer.weight.dtype))
+        lora.merged = True
+    return len(pairs)
+
+
+@torch.no_grad()
+def unmerge_lora(model: nn.Module) -> int:
+    """Undo :func:`merge_lora`: each merged layer gets back its weight from before the merge, bit for bit.
+
+    The weight must not have changed while merged (an optimizer step on the
+    merged model, a ``load_state_dict``): the delta could then no longer be
+    taken out exactly, so the call refuses and changes nothing.
+
+    Args:
+        model: a :class:`~backbone.VisionTransformer`.
+
+    Returns:
+        How many deltas were unmerged.
+
+    Raises:
+        TypeError: ``model`` is not a VisionTransformer.
+        ValueError: a merged weight changed since the merge.
+
+    Example:
+        >>> from backbone import add_lora, unmerge_lora, vit_tiny_patch4_32
+        >>> net = vit_tiny_patch4_32(10)
+        >>> _ = add_lora(net, 2)
+        >>> unmerge_lora(net)   # nothing was merged
+        0
+    """
+    pairs = [(layer, lora) for layer, lora in _loras(model, "unmerge_lora") if lora.merged]
+    for layer, lora in pairs:
+        kept = lora._unmerged_weight
+        if kept is None or kept.shape != layer.weight.shape or kept.device != layer.weight.device:
+            raise ValueError("unmerge_lora: a merged layer no longer matches the weight kept at the merge")
+        if not torch.equal(layer.weight, kept + lora.delta().to(kept.dtype)):
+            raise ValueError(
+                "unmerge_lora: a merged weight changed since merge_lora (an optimizer step or a load?), "
+                "so the delta cannot be taken out exactly; nothing was unmerged"
+            )
+    for layer, lora in pairs:
+        layer.weight.copy_(cast(Tensor, lora._unmerged_weight))
+        lora._unmerged_weight = None
+        lora.merged = False
+    return len(pairs)
+
+
+def is_tuning_parameter(name: str, parameter: nn.Parameter | None = None) -> bool:
+    """Whether a parameter name is a tuning hook's: it starts with ``tuning.`` or contains ``.tuning.``.
+
+    Its signature fits ``select=``, so ``get_grads(net, select=is_tuning_parameter)``
+    reads the hooks' gradients whatever ``requires_grad`` says.
+
+    Args:
+        name: the parameter's dotted name in the model.
+        parameter: ignored; there so that the function is a ``select=``
+            predicate.
+
+    Returns:
+        True for the hooks' parameters.
+
+    Example:
+        >>> from backbone import is_tuning_parameter
+        >>> is_tuning_parameter("blocks.3.tuning.lora_qkv.A"), is_tuning_parameter("blocks.3.attn.qkv.weight")
+        (True, False)
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"is_tuning_parameter expects a parameter name (str), got {type(name).__name__}")
+    return name.startswith("tuning.") or ".tuning." in name
+
+
+def freeze_base(model: nn.Module, *, train_head: bool = False) -> list[str]:
+    """Leave only the tuning hooks (and the head, if asked) trainable: ``requires_grad`` off everywhere else.
+
+    With the base frozen, ``select="trainable"`` in the flat operations
+    covers exactly the hooks' parameters (and the head's).
+
+    Args:
+        model: a :class:`~backbone.VisionTransformer`.
+        train_head: keep the classifier trainable too.
+
+    Returns:
+        The names of the parameters left trainable, in the model's order.
+
+    Raises:
+        TypeError: ``model`` is not a VisionTransformer, or ``train_head``
+            is not a bool.
+
+    Example:
+        >>> from backbone import add_lora, freeze_base, get_params, vit_tiny_patch4_32
+        >>> net = vit_tiny_patch4_32(10)
+        >>> _ = add_lora(net, 4, sites=["qkv"])
+        >>> names = freeze_base(net, train_head=True)
+        >>> names[:2], names[-2:], get_params(net, select="trainable").numel()
+        (['blocks.0.tuning.lora_qkv.A', 'blocks.0.tuning.lora_qkv.B'], ['head.weight', 'head.bias'], 38794)
+    """
+    _vit_blocks(model, "freeze_base")
+    check_bool("train_head", train_head)
+    head = {id(p) for p in cast(Any, model).get_classifier().parameters()} if train_head else set()
+    trainable = []
+    for name, parameter in model.named_parameters():
+        keep = is_tuning_parameter(name) or id(parameter) in head
+        parameter.requires_grad_(keep)
+        if keep:
+            trainable.append(name)
+    return trainable
