@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from ._checks import check_bool
 from .models import VisionTransformer
+from .tuning import LoRA, is_tuning_parameter
 from .wrappers import unwrap
 
 __all__ = ["load_checkpoint"]
@@ -86,7 +87,10 @@ def load_checkpoint(
     Parameters and buffers of tuning hooks (names starting with ``tuning.``
     or containing ``.tuning.``) are never in pretrained checkpoints: when
     missing they keep their values. Any other key missing from the
-    checkpoint, or one the model lacks, is an error.
+    checkpoint, or one the model lacks, is an error. A model with LoRA deltas
+    merged into its weights is refused: the checkpoint would overwrite the
+    merged weights and a later :func:`~backbone.unmerge_lora` would undo the
+    load; unmerge first.
 
     Args:
         model: the model to load into (DataParallel, DDP and compiled
@@ -114,7 +118,8 @@ def load_checkpoint(
         ValueError: ``checkpoint`` is a URL or a hub name (nothing is
             downloaded: download the file and pass its path), the file is
             missing or unreadable, the keys or shapes do not fit the model,
-            or the head has another number of classes and ``head=True``.
+            the head has another number of classes and ``head=True``, or a
+            LoRA is merged.
 
     Example:
         >>> import os, tempfile, torch
@@ -150,6 +155,13 @@ def load_checkpoint(
     check_bool("antialias", antialias)
     if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, got {interpolation!r}")
+    merged = [name for name, module in net.named_modules() if isinstance(module, LoRA) and module.merged]
+    if merged:
+        # The checkpoint would replace merged weights, and unmerging later would restore the old ones.
+        raise ValueError(
+            f"the model has LoRA deltas merged into its weights ({_names(merged)}): "
+            "call unmerge_lora(model) before loading a checkpoint"
+        )
     state, layout = _read(checkpoint)
     loaded, kept = _fit(net, state, layout, head=head, interpolation=interpolation, antialias=antialias)
     net.load_state_dict(loaded, strict=False)
@@ -404,10 +416,6 @@ def _join_qkv(state: dict[str, Tensor]) -> dict[str, Tensor]:
 # --- fitting to the model -----------------------------------------------------
 
 
-def _is_tuning(name: str) -> bool:
-    return name.startswith("tuning.") or ".tuning." in name
-
-
 def _names(names: list[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -421,7 +429,9 @@ def _fit(
     if not head:
         state = {key: value for key, value in state.items() if not key.startswith(_HEAD_PREFIXES)}
     _check_head(own, state, head)
-    kept = [key for key in own if key not in state and (_is_tuning(key) or (not head and key.startswith("head.")))]
+    kept = [
+        key for key in own if key not in state and (is_tuning_parameter(key) or (not head and key.startswith("head.")))
+    ]
     missing = [key for key in own if key not in state and key not in kept]
     unexpected = [key for key in state if key not in own]
     if missing or unexpected:

@@ -19,7 +19,19 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from backbone import MNISTMLP, VisionTransformer, load_checkpoint
+from backbone import (
+    MNISTMLP,
+    VisionTransformer,
+    add_adapters,
+    add_lora,
+    add_prompts,
+    add_ssf,
+    is_tuning_parameter,
+    load_checkpoint,
+    merge_lora,
+    remove_tuning,
+    unmerge_lora,
+)
 
 DIM, HEADS = 24, 2
 
@@ -430,6 +442,43 @@ def test_only_names_with_a_tuning_component_may_be_missing() -> None:
         ValueError, match=r"the checkpoint lacks blocks\.0\.retuning\.weight, blocks\.0\.retuning\.bias"
     ):
         load_checkpoint(net, source.state_dict())
+
+
+def test_every_kind_of_hook_keeps_its_values_while_the_base_is_loaded(tmp_path: Path) -> None:
+    source, net = vit(seed=1), vit(seed=2)
+    add_lora(net, 2)
+    add_adapters(net, 4)
+    add_ssf(net)
+    add_prompts(net, 3, blocks=(0, 1))
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if is_tuning_parameter(name):
+                p.normal_()
+    hooks = {k: v for k, v in state(net).items() if is_tuning_parameter(k)}
+    assert {k.split(".tuning.")[-1].split(".")[0] for k in hooks} >= {"lora_qkv", "adapter", "ssf_fc2"}
+    assert any(k.startswith("tuning.prompts.") for k in hooks)
+    path = save_npz(tmp_path / "ViT.npz", google_arrays(source))
+    assert sorted(load_checkpoint(net, path)) == sorted(hooks)
+    loaded = state(net)
+    assert all(torch.equal(loaded[k], v) for k, v in hooks.items())
+    remove_tuning(net)
+    assert_same_model(net, source)
+
+
+def test_a_model_with_merged_lora_deltas_is_refused_until_unmerged() -> None:
+    source, net = vit(seed=1), vit(seed=2)
+    for lora in add_lora(net, 2):
+        nn.init.normal_(lora.B)
+    merge_lora(net)
+    before = state(net)
+    with pytest.raises(
+        ValueError, match=r"merged into its weights \(blocks\.0\.tuning\.lora_qkv, .*\): call unmerge_lora"
+    ):
+        load_checkpoint(net, source.state_dict())
+    assert_state_equal(state(net), before)
+    unmerge_lora(net)
+    load_checkpoint(net, source.state_dict())
+    assert torch.equal(net.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
 
 
 # --- refusals: the model is unchanged ------------------------------------------------
