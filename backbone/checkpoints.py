@@ -33,7 +33,7 @@ from .wrappers import unwrap
 
 __all__ = ["load_checkpoint"]
 
-INTERPOLATIONS = ("bicubic", "bilinear")
+_INTERPOLATIONS = ("bicubic", "bilinear")
 
 # Keys that wrap the weights in a training checkpoint, and the prefixes that
 # DistributedDataParallel and torch.compile put before every name.
@@ -89,7 +89,7 @@ def load_checkpoint(
     missing they keep their values. Any other key missing from the
     checkpoint, or one the model lacks, is an error. A model with LoRA deltas
     merged into its weights is refused: the checkpoint would overwrite the
-    merged weights and a later :func:`~backbone.unmerge_lora` would undo the
+    merged weights and a later ``unmerge_lora`` would undo the
     load; unmerge first.
 
     Args:
@@ -153,8 +153,8 @@ def load_checkpoint(
     net = _check_model(model)
     check_bool("head", head)
     check_bool("antialias", antialias)
-    if not isinstance(interpolation, str) or interpolation not in INTERPOLATIONS:
-        raise ValueError(f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, got {interpolation!r}")
+    if not isinstance(interpolation, str) or interpolation not in _INTERPOLATIONS:
+        raise ValueError(f"interpolation must be one of {', '.join(map(repr, _INTERPOLATIONS))}, got {interpolation!r}")
     merged = [name for name, module in net.named_modules() if isinstance(module, LoRA) and module.merged]
     if merged:
         # The checkpoint would replace merged weights, and unmerging later would restore the old ones.

@@ -43,6 +43,7 @@ TORCH: list[tuple[str, str, str]] = [
     ("torch.device", "py:class", "tensor_attributes.html#$"),
     ("torch.cat", "py:function", "generated/torch.cat.html#$"),
     ("torch.compile", "py:function", "generated/torch.compile.html#$"),
+    ("torch.save", "py:function", "generated/torch.save.html#$"),
     ("torch.no_grad", "py:function", "generated/torch.no_grad.html#$"),
     ("torch.inference_mode", "py:function", "generated/torch.autograd.grad_mode.inference_mode.html"),
     ("torch.autocast", "py:function", "amp.html#$"),
