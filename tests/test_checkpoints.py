@@ -266,6 +266,20 @@ def test_a_wrapped_model_is_loaded_through_its_wrapper() -> None:
     assert_same_model(net, source)
 
 
+@pytest.mark.cuda
+def test_a_checkpoint_on_the_gpu_is_resampled_there_and_loads_into_a_gpu_model() -> None:
+    source = vit(seed=1)
+    on_cpu = vit(img=24, patch=4, seed=2)  # another grid (6x6) and another patch size (4)
+    load_checkpoint(on_cpu, source.state_dict())
+    for checkpoint in ({k: v.cuda() for k, v in source.state_dict().items()}, source.state_dict()):
+        on_gpu = vit(img=24, patch=4, seed=2).cuda()
+        load_checkpoint(on_gpu, checkpoint)
+        expected = state(on_cpu)
+        for key, value in on_gpu.state_dict().items():
+            assert value.is_cuda
+            torch.testing.assert_close(value.cpu(), expected[key], rtol=1e-5, atol=1e-5)
+
+
 # --- resampling ---------------------------------------------------------------------
 
 
