@@ -8,16 +8,16 @@ out: every tuning parameter's name starts with ``tuning.`` or contains
 ``.tuning.``. A model with nothing attached has empty containers, which hold
 no parameters and add no ``state_dict`` keys.
 
-* :class:`LoRA`: a low-rank delta ``scale * B @ A`` added to a linear layer
-  (``qkv``, ``proj``, ``fc1``, ``fc2``), with :func:`merge_lora` /
-  :func:`unmerge_lora`.
-* :class:`Adapter`: a bottleneck MLP beside (``'parallel'``) or after
+* :class:`~backbone.LoRA`: a low-rank delta ``scale * B @ A`` added to a linear layer
+  (``qkv``, ``proj``, ``fc1``, ``fc2``), with :func:`~backbone.merge_lora` /
+  :func:`~backbone.unmerge_lora`.
+* :class:`~backbone.Adapter`: a bottleneck MLP beside (``'parallel'``) or after
   (``'sequential'``) each chosen block's MLP.
-* :class:`SSF`: a learned scale and shift after chosen operations.
-* :class:`PromptTokens`: learned tokens put after the class token, before
+* :class:`~backbone.SSF`: a learned scale and shift after chosen operations.
+* :class:`~backbone.PromptTokens`: learned tokens put after the class token, before
   chosen blocks (shallow: before block 0; deep: before several).
 
-:func:`freeze_base` then leaves only these (and optionally the head)
+:func:`~backbone.freeze_base` then leaves only these (and optionally the head)
 trainable, so that the flat operations with ``select="trainable"`` cover
 exactly them. Prompts chosen per sample, prefixes and Mammoth's ``AB`` deltas
 are passed at the call instead: see :meth:`VisionTransformer.forward
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 LINEAR_SITES: tuple[str, ...] = ("qkv", "proj", "fc1", "fc2")
-"""The linear layers of a block that :class:`LoRA` and Mammoth's ``AB`` deltas act on.
+"""The linear layers of a block that :class:`~backbone.LoRA` and Mammoth's ``AB`` deltas act on.
 
 Example:
     >>> from backbone import LINEAR_SITES
@@ -65,7 +65,7 @@ Example:
 """
 
 SSF_SITES: tuple[str, ...] = ("norm1", "qkv", "proj", "norm2", "fc1", "fc2")
-"""The outputs in a block that :class:`SSF` can scale and shift.
+"""The outputs in a block that :class:`~backbone.SSF` can scale and shift.
 
 Example:
     >>> from backbone import SSF_SITES
@@ -80,7 +80,7 @@ class LoRA(nn.Module):
     ``A`` is ``[rank, in_features]`` (Kaiming-uniform, as ``nn.Linear``
     starts its weight), ``B`` is ``[out_features, rank]`` (zeros), and
     ``scale = alpha / rank``, so that a fresh LoRA changes nothing. While the
-    delta is merged into the layer's weight (:func:`merge_lora`),
+    delta is merged into the layer's weight (:func:`~backbone.merge_lora`),
     ``merged`` is True and the model skips this module.
 
     Args:
@@ -354,7 +354,7 @@ def add_lora(
     blocks: Sequence[int] | None = None,
     alpha: float | None = None,
 ) -> list[LoRA]:
-    """Attach a :class:`LoRA` to each of ``sites`` in each of ``blocks``.
+    """Attach a :class:`~backbone.LoRA` to each of ``sites`` in each of ``blocks``.
 
     Each LoRA is made on its layer's device and dtype and lives at
     ``blocks.{i}.tuning.lora_{site}``. Nothing is attached if any place is
@@ -363,9 +363,9 @@ def add_lora(
     Args:
         model: a :class:`~backbone.VisionTransformer`.
         rank: the rank of every delta.
-        sites: which linear layers, out of :data:`LINEAR_SITES`.
+        sites: which linear layers, out of :data:`~backbone.LINEAR_SITES`.
         blocks: which blocks; all when None.
-        alpha: the scale's numerator (see :class:`LoRA`).
+        alpha: the scale's numerator (see :class:`~backbone.LoRA`).
 
     Returns:
         The new LoRA modules, block by block, in the order of ``sites``.
@@ -409,12 +409,12 @@ def add_adapters(
     blocks: Sequence[int] | None = None,
     scale: float = 1.0,
 ) -> list[Adapter]:
-    """Attach an :class:`Adapter` to each of ``blocks`` (at ``blocks.{i}.tuning.adapter``).
+    """Attach an :class:`~backbone.Adapter` to each of ``blocks`` (at ``blocks.{i}.tuning.adapter``).
 
     Args:
         model: a :class:`~backbone.VisionTransformer`.
         bottleneck: the adapters' hidden width.
-        mode: ``'parallel'`` or ``'sequential'`` (see :class:`Adapter`).
+        mode: ``'parallel'`` or ``'sequential'`` (see :class:`~backbone.Adapter`).
         blocks: which blocks; all when None.
         scale: the factor on each adapter's output.
 
@@ -448,13 +448,13 @@ def add_ssf(
     sites: Sequence[str] = SSF_SITES,
     blocks: Sequence[int] | None = None,
 ) -> list[SSF]:
-    """Attach an :class:`SSF` after each of ``sites`` in each of ``blocks``.
+    """Attach an :class:`~backbone.SSF` after each of ``sites`` in each of ``blocks``.
 
     The patch embedding and the final LayerNorm are left alone.
 
     Args:
         model: a :class:`~backbone.VisionTransformer`.
-        sites: which outputs, out of :data:`SSF_SITES`.
+        sites: which outputs, out of :data:`~backbone.SSF_SITES`.
         blocks: which blocks; all when None.
 
     Returns:
@@ -486,7 +486,7 @@ def add_ssf(
 
 
 def add_prompts(model: nn.Module, length: int, *, blocks: Sequence[int] = (0,)) -> PromptTokens:
-    """Attach :class:`PromptTokens` (at ``tuning.prompts``): shallow with ``blocks=(0,)``, deep with more.
+    """Attach :class:`~backbone.PromptTokens` (at ``tuning.prompts``): shallow with ``blocks=(0,)``, deep with more.
 
     Args:
         model: a :class:`~backbone.VisionTransformer`.
@@ -531,7 +531,7 @@ def remove_tuning(model: nn.Module) -> None:
     Raises:
         TypeError: ``model`` is not a VisionTransformer.
         ValueError: a merged layer's weight changed since the merge (see
-            :func:`unmerge_lora`); nothing is removed then.
+            :func:`~backbone.unmerge_lora`); nothing is removed then.
 
     Example:
         >>> import torch
@@ -566,7 +566,7 @@ def merge_lora(model: nn.Module) -> int:
 
     The outputs stay the same up to rounding (the merged weight is one
     rounded sum). The weight before the merge is kept by the LoRA, so that
-    :func:`unmerge_lora` restores it bit for bit. Deltas already merged are
+    :func:`~backbone.unmerge_lora` restores it bit for bit. Deltas already merged are
     left alone.
 
     Args:
@@ -602,7 +602,7 @@ def merge_lora(model: nn.Module) -> int:
 
 @torch.no_grad()
 def unmerge_lora(model: nn.Module) -> int:
-    """Undo :func:`merge_lora`: each merged layer gets back its weight from before the merge, bit for bit.
+    """Undo :func:`~backbone.merge_lora`: each merged layer gets back its weight from before the merge, bit for bit.
 
     The weight must not have changed while merged (an optimizer step on the
     merged model, a ``load_state_dict``): the delta could then no longer be
