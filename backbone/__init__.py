@@ -21,7 +21,8 @@ from .base import (
 from .check import CONTRACT_RULES, ContractError, RuleResult, check_backbone
 from .checkpoints import load_checkpoint
 from .flat import add_grads, get_grads, get_grads_list, get_params, set_grads, set_params
-from .growth import grow_classifier, mask_unseen
+from .growth import grow_classifier, grow_to_fit, mask_unseen
+from .heads import CosineClassifier, MultiHeadClassifier, SplitCosineClassifier
 from .init import xavier
 from .layout import SELECTIONS, FlatLayout, LayoutEntry, Selection, carry_vector, flat_layout, selected_parameters
 from .models import (
@@ -83,16 +84,19 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ContractError",
+    "CosineClassifier",
     "FlatLayout",
     "LayoutEntry",
     "LoRA",
     "MammothBackbone",
+    "MultiHeadClassifier",
     "PromptTokens",
     "RegisteredBackbone",
     "ResNet",
     "ReturnType",
     "RuleResult",
     "Selection",
+    "SplitCosineClassifier",
     "TimmBackbone",
     "TorchvisionBackbone",
     "VisionTransformer",
@@ -115,6 +119,7 @@ __all__ = [
     "get_grads_list",
     "get_params",
     "grow_classifier",
+    "grow_to_fit",
     "is_tuning_parameter",
     "list_backbones",
     "load_checkpoint",

@@ -637,8 +637,9 @@ class MammothBackbone(nn.Module):
             10
         """
         classifier = self._modules.get("classifier")
-        if isinstance(classifier, nn.Linear):
-            return classifier.out_features
+        out = getattr(classifier, "out_features", None)
+        if isinstance(out, int) and not isinstance(out, bool):
+            return out
         return int(self.__dict__.get("_num_classes", 0))
 
     @num_classes.setter

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 import torch
 from torch import Tensor, nn
 
 from ._checks import check_int, check_module, check_num_classes
+from ._growing import check_state, grow_param
 
-__all__ = ["grow_classifier", "mask_unseen"]
+__all__ = ["grow_classifier", "grow_to_fit", "mask_unseen"]
 
 
 def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -69,10 +73,18 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
     """
     net = check_module(net)
     classifier = _classifier(net)
+    grow = getattr(classifier, "grow_classes", None)
+    if not isinstance(classifier, nn.Linear) and callable(grow):
+        old = getattr(classifier, "out_features", None)
+        check_num_classes(num_classes, at_least=old if isinstance(old, int) else 0)
+        _check_optimizer(optimizer)
+        init = getattr(net, "init_classifier", None)
+        grow(num_classes, optimizer=optimizer, init=init if callable(init) else None)
+        return
     if not isinstance(classifier, nn.Linear):
         raise TypeError(
-            f"grow_classifier needs a torch.nn.Linear classifier, got {type(classifier).__name__}; "
-            "grow a custom head yourself, or replace it with reset_classifier"
+            f"grow_classifier needs a torch.nn.Linear classifier or one with a grow_classes method, got "
+            f"{type(classifier).__name__}; grow a custom head yourself, or replace it with reset_classifier"
         )
     computed = [name for name in ("weight", "bias") if getattr(classifier, name) is not None]
     computed = [name for name in computed if name not in classifier._parameters]
@@ -83,15 +95,13 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
         )
     old = classifier.out_features
     check_num_classes(num_classes, at_least=old)
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    _check_optimizer(optimizer)
     if num_classes == old:
         return
+    params = {name: getattr(classifier, name) for name in ("weight", "bias") if getattr(classifier, name) is not None}
     if optimizer is not None:
-        for name in ("weight", "bias"):
-            param = getattr(classifier, name)
-            if param is not None:
-                _check_state(optimizer, param, name)
+        for name, param in params.items():
+            check_state(optimizer, param, name)
     fresh = nn.Linear(
         classifier.in_features,
         num_classes,
@@ -102,19 +112,79 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
     init = getattr(net, "init_classifier", None)
     if callable(init):
         init(fresh)
-    with torch.no_grad():
-        for name in ("weight", "bias"):
-            param = getattr(classifier, name)
-            if param is None:
-                continue
-            grown = getattr(fresh, name).detach().clone()
-            grown[:old] = param
-            param.data = grown
-            if param.grad is not None:
-                param.grad = _grow_rows(param.grad, num_classes)
-            if optimizer is not None:
-                _grow_state(optimizer, param, old, num_classes)
+    for name, param in params.items():
+        grow_param(param, getattr(fresh, name), optimizer)
     classifier.out_features = num_classes
+
+
+def grow_to_fit(net: nn.Module, state_dict: Mapping[str, Tensor]) -> int:
+    """Grow ``net``'s classifier to the classes a state dict saved after growth holds; then it loads.
+
+    A checkpoint saved after :func:`grow_classifier` has more classes than a
+    freshly built backbone. This reads the classifier's size from the state
+    dict and grows the backbone to it, as the training did: a
+    :class:`~torch.nn.Linear` or :class:`~backbone.CosineClassifier` to the
+    saved number of rows, a :class:`~backbone.SplitCosineClassifier` or
+    :class:`~backbone.MultiHeadClassifier` one group at a time to the saved
+    group sizes. ``net.load_state_dict(state_dict)`` then works. Only the
+    classifier is touched; the state dict is not loaded.
+
+    Args:
+        net: the backbone (or any module with a classifier).
+        state_dict: the state dict saved after growth.
+
+    Returns:
+        The number of classes after the growth.
+
+    Raises:
+        TypeError: ``state_dict`` is not a mapping, or the classifier cannot
+            grow.
+        ValueError: the state dict has no entries for the classifier, fewer
+            classes than ``net`` has, or groups that do not extend ``net``'s;
+            nothing is changed then.
+
+    Example:
+        >>> import torch
+        >>> from backbone import MNISTMLP, grow_to_fit
+        >>> trained = MNISTMLP(4, 2, hidden_size=3)
+        >>> trained.grow_classifier(5)
+        >>> fresh = MNISTMLP(4, 2, hidden_size=3)
+        >>> grow_to_fit(fresh, trained.state_dict())
+        5
+        >>> fresh.load_state_dict(trained.state_dict())
+        <All keys matched successfully>
+    """
+    net = check_module(net)
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
+    classifier = _classifier(net)
+    prefix = next((f"{name}." for name, module in net.named_modules() if module is classifier and name), None)
+    if classifier is None or prefix is None:
+        raise TypeError(f"grow_to_fit needs a module with a classifier, got {type(net).__name__}")
+    groups = getattr(classifier, "groups_in", None)
+    if callable(groups):
+        saved, now = groups(state_dict, prefix), list(cast(Any, classifier).group_sizes)
+        if saved[: len(now)] != now:
+            raise ValueError(f"the state dict's groups {saved} do not extend the classifier's groups {now}")
+        targets = [sum(saved[: i + 1]) for i in range(len(now), len(saved))]
+    else:
+        weight = state_dict.get(f"{prefix}weight")
+        if not isinstance(weight, Tensor) or weight.dim() < 1:
+            raise ValueError(f"the state dict has no tensor {prefix}weight for the classifier")
+        current = getattr(classifier, "out_features", None)
+        if isinstance(current, int) and weight.shape[0] < current:
+            raise ValueError(
+                f"the state dict's classifier has {weight.shape[0]} classes, fewer than the model's {current}"
+            )
+        targets = [int(weight.shape[0])]
+    for target in targets:
+        grow_classifier(net, target)
+    return int(getattr(_classifier(net), "out_features", targets[-1] if targets else 0))
+
+
+def _check_optimizer(optimizer: object) -> None:
+    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
 
 
 def _classifier(net: nn.Module) -> nn.Module | None:
@@ -125,38 +195,6 @@ def _classifier(net: nn.Module) -> nn.Module | None:
         except NotImplementedError:
             return None
     return getattr(net, "classifier", None)
-
-
-def _grow_rows(t: Tensor, rows: int) -> Tensor:
-    grown = t.new_zeros((rows, *t.shape[1:]))
-    grown[: t.shape[0]] = t
-    return grown
-
-
-def _check_state(optimizer: torch.optim.Optimizer, param: Tensor, name: str) -> None:
-    """Refuse an optimizer whose state for ``param`` holds a tensor that is neither a scalar nor shaped like it.
-
-    Such a tensor is a statistic over several units at once (Adafactor's
-    factored row and column second moments): it cannot grow with zeros for
-    the new units without changing how the old ones step.
-    """
-    for key, value in (optimizer.state.get(param) or {}).items():
-        if isinstance(value, Tensor) and value.dim() > 0 and value.shape != param.shape:
-            raise TypeError(
-                f"{type(optimizer).__name__} keeps state {key!r} of shape {tuple(value.shape)} for the classifier's "
-                f"{name} of shape {tuple(param.shape)}; only state shaped like the parameter (or scalars) can be "
-                "carried across growth: grow without optimizer= and build a new optimizer"
-            )
-
-
-def _grow_state(optimizer: torch.optim.Optimizer, param: Tensor, old: int, new: int) -> None:
-    state = optimizer.state.get(param)
-    if not state:
-        return
-    old_shape = (old, *param.shape[1:])
-    for key, value in list(state.items()):
-        if isinstance(value, Tensor) and tuple(value.shape) == old_shape:
-            state[key] = _grow_rows(value, new)
 
 
 def mask_unseen(logits: Tensor, num_seen: int) -> Tensor:

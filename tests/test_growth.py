@@ -332,7 +332,7 @@ def conv_headed() -> nn.Module:
 )
 def test_a_missing_or_non_linear_classifier_is_named_in_the_refusal(build, got: str) -> None:  # type: ignore[no-untyped-def]
     message = (
-        f"grow_classifier needs a torch.nn.Linear classifier, got {got}; "
+        f"grow_classifier needs a torch.nn.Linear classifier or one with a grow_classes method, got {got}; "
         "grow a custom head yourself, or replace it with reset_classifier"
     )
     with pytest.raises(TypeError) as info:

@@ -114,9 +114,7 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(
-        self, x: Tensor, tuning: _Hooks = _NO_HOOKS, ab: dict[str, _Delta] | None = None
-    ) -> Tensor:
+    def forward(self, x: Tensor, tuning: _Hooks = _NO_HOOKS, ab: dict[str, _Delta] | None = None) -> Tensor:
         ab = ab or {}
         x = self.act(_project(self.fc1, x, tuning, "fc1", ab.get("fc1")))
         return _project(self.fc2, x, tuning, "fc2", ab.get("fc2"))
@@ -389,7 +387,8 @@ class VisionTransformer(MammothBackbone):
             >>> vit_tiny_patch4_32(10).num_classes
             10
         """
-        return self.head.out_features if isinstance(self.head, nn.Linear) else 0
+        out = getattr(self.head, "out_features", 0)
+        return out if isinstance(out, int) and not isinstance(out, bool) else 0
 
     def set_return_prerelu(self, enable: bool = True) -> None:
         """Accepted for methods that ask for pre-activation stages (TwF, LiDER); the outputs do not change.
