@@ -9,7 +9,7 @@
   rate to, the old groups). Growth adds a group.
 * :class:`MultiHeadClassifier`: one linear head per task (FACIL's
   ``LLL_Net.heads``), outputs concatenated in class order, so that ``'out'``
-  keeps its meaning; :meth:`MultiHeadClassifier.mask` gives task-incremental
+  keeps its meaning; :meth:`~backbone.MultiHeadClassifier.mask` gives task-incremental
   logits in one call. Growth adds a head.
 
 Every head is an ordinary module to put in a backbone's ``classifier`` slot.
@@ -214,6 +214,15 @@ class _Grouped(nn.Module):
         Raises:
             ValueError: ``num_classes`` is smaller than the current number,
                 or ``optimizer`` trains none of the head's parameters.
+
+        Example:
+            >>> import torch
+            >>> from backbone import MultiHeadClassifier
+            >>> head = MultiHeadClassifier(4, [2])
+            >>> optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+            >>> head.grow_classes(5, optimizer=optimizer)
+            >>> head.group_sizes, len(optimizer.param_groups)
+            ([2, 3], 2)
         """
         old = self.out_features
         if check_int(num_classes, "num_classes") < old:
@@ -237,6 +246,12 @@ class _Grouped(nn.Module):
 
         Raises:
             ValueError: the state dict holds no groups under ``prefix``.
+
+        Example:
+            >>> from backbone import SplitCosineClassifier
+            >>> saved = SplitCosineClassifier(4, [3, 2, 2]).state_dict()
+            >>> SplitCosineClassifier(4, [3]).groups_in(saved)
+            [3, 2, 2]
         """
         sizes: dict[int, int] = {}
         for key, value in state_dict.items():

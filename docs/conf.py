@@ -91,6 +91,8 @@ nitpick_ignore_regex = [
     (r"py:class", r"backbone\.registry\.Builder"),
     # The adapters' private common base, shown by show-inheritance.
     (r"py:class", r"backbone\.adapters\._Wrapper"),
+    # The grouped heads' private common base, shown by show-inheritance.
+    (r"py:class", r"backbone\.heads\._Grouped"),
 ]
 
 doctest_global_setup = "import torch"
