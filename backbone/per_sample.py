@@ -3,8 +3,11 @@
 :func:`~backbone.per_sample_grads` gives, for a batch, the matrix whose row ``i`` is
 what :func:`~backbone.get_grads` would read after a backward of example
 ``i``'s loss alone (over the selected parameters; zeros for those that do not
-require a gradient), in one vectorised pass through :mod:`torch.func`
-instead of one forward and backward per example.
+require a gradient), through :mod:`torch.func`: vectorised over the batch
+with ``vmap`` when every layer with parameters is linear, and with one
+``grad`` per example otherwise (``vmap``'s batched backward through
+convolutions and attention is the slower way on a CPU). Either way the rows
+are the same, and nothing of the module changes.
 
 :func:`~backbone.fisher_diagonal` sums squared per-example gradients of
 ``log p(y | x)`` over a data loader: the empirical Fisher, or, weighted by
@@ -84,7 +87,8 @@ def per_sample_grads(
         select: which parameters (see :func:`~backbone.selected_parameters`);
             all by default.
         chunk_size: how many examples one vectorised call handles, to bound
-            memory; all at once by default.
+            memory; all at once by default. Without effect where the
+            examples are taken one at a time.
 
     Returns:
         A ``[B, P]`` tensor, ``P`` the number of selected elements, in the
@@ -271,7 +275,7 @@ def fisher_diagonal(
     return into
 
 
-# --- the vectorised pass ----------------------------------------------------
+# --- the pass over the examples ----------------------------------------------
 
 
 def _prepare(
@@ -325,15 +329,14 @@ def _rows(
     batch = inputs.shape[0]
     dtype, device = _dtype(params), _device(params)
     rows = torch.zeros(batch, sum(p.numel() for p in params), dtype=dtype, device=device)
-    if differentiated:
-        by_example = vmap(
-            grad(example_fn, argnums=2, has_aux=with_aux),
-            in_dims=(0, 0, None, None),
-            randomness="different",
-            chunk_size=chunk_size,
-        )
-    else:  # nothing to differentiate: the rows are zeros, but the model and the loss still run
-        by_example = vmap(example_fn, in_dims=(0, 0, None, None), randomness="different", chunk_size=chunk_size)
+    # Nothing to differentiate: the rows are zeros, but the model and the loss still run.
+    one = grad(example_fn, argnums=2, has_aux=with_aux) if differentiated else example_fn
+    if _vectorises_well(module):
+        how = "vmap of grad"
+        by_example = vmap(one, in_dims=(0, 0, None, None), randomness="different", chunk_size=chunk_size)
+    else:
+        how = "grad, one example at a time"
+        by_example = functools.partial(_one_by_one, one)
     with warnings.catch_warnings(), _left_as_it_was(module):
         # torch.func runs attention without a batching rule one example at a time, and says so on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
@@ -341,7 +344,7 @@ def _rows(
             result = by_example(inputs, targets, differentiated, fixed)
         except RuntimeError as error:
             raise ValueError(
-                f"the model or the loss failed on one example under torch.func (vmap of grad): {error}"
+                f"the model or the loss failed on one example under torch.func ({how}): {error}"
             ) from error
     if not differentiated:
         return rows, (cast(Tensor, result[1]) if with_aux else None)
@@ -352,6 +355,23 @@ def _rows(
             rows[:, offset : offset + p.numel()] = grads[name].reshape(batch, -1)
         offset += p.numel()
     return rows, (cast(Tensor, result[1]) if with_aux else None)
+
+
+def _vectorises_well(module: nn.Module) -> bool:
+    """Whether ``vmap`` is the faster way here: every layer with parameters is linear.
+
+    Both ways compute the same rows. ``vmap``'s batched backward through
+    convolutions and attention is slower on CPU than one ``grad`` per
+    example (measured in ``benchmarks/flat_ops.py``), so those models take
+    the loop.
+    """
+    return all(isinstance(m, nn.Linear) for m in module.modules() if any(True for _ in m.parameters(recurse=False)))
+
+
+def _one_by_one(one: Callable[..., Any], inputs: Tensor, targets: Tensor, *fixed_args: Any) -> Any:
+    """What ``vmap(one)`` returns, computed one example at a time: results stacked along a new first dimension."""
+    results = [one(x, y, *fixed_args) for x, y in zip(inputs, targets, strict=True)]
+    return torch.utils._pytree.tree_map(lambda *ts: torch.stack(ts), *results)
 
 
 def _scalar(loss: object) -> Tensor:

@@ -353,43 +353,47 @@ def fisher_cells(r: FisherRow) -> list[str]:
 
 
 def bench_subset(timer: Timer) -> list[list[str]]:
-    """get_grads and set_grads over all of a ViT-B/16 and over its BitFit-sized trainable part."""
-    torch.manual_seed(0)
-    net = vit_base_patch16_224(10).to(timer.device)
-    for name, p in net.named_parameters():  # biases, norms and the head train (BitFit); the rest is frozen
-        p.requires_grad_(p.dim() <= 1 or name.startswith("head."))
-    for p in net.parameters():
-        p.grad = torch.randn_like(p)
-    total = backbone.get_params(net).numel()
-    part = backbone.get_params(net, select="trainable").numel()
-    out_all, out_part = torch.empty(total, device=timer.device), torch.empty(part, device=timer.device)
-    timer(
-        {
-            "get all": lambda: backbone.get_grads(net, out=out_all),
-            "get trainable": lambda: backbone.get_grads(net, out=out_part, select="trainable"),
-            "set all": lambda: backbone.set_grads(net, out_all),
-            "set trainable": lambda: backbone.set_grads(net, out_part, select="trainable"),
-        }
-    )
-    return [
-        [
-            "get_grads(out=)",
-            f"{total:,}",
-            f"{part:,}",
-            f"{part / total:.4f}",
-            f"{timer.ratio('get trainable', 'get all'):.4f}",
-        ],
-        [
-            "set_grads",
-            f"{total:,}",
-            f"{part:,}",
-            f"{part / total:.4f}",
-            f"{timer.ratio('set trainable', 'set all'):.4f}",
-        ],
-    ]
+    """get_grads and set_grads over all of a ViT-B/16 and over its trainable part: BitFit's, then LoRA factors'."""
+    rows = []
+    for part_name in ("BitFit", "LoRA r=4 on qkv, proj"):
+        torch.manual_seed(0)
+        net = vit_base_patch16_224(10).to(timer.device)
+        if part_name == "BitFit":  # biases, norms and the head train; the rest is frozen
+            for name, p in net.named_parameters():
+                p.requires_grad_(p.dim() <= 1 or name.startswith("head."))
+        else:
+            backbone.add_lora(net, 4, sites=("qkv", "proj"))
+            backbone.freeze_base(net)
+        for p in net.parameters():
+            p.grad = torch.randn_like(p)
+        total = backbone.get_params(net).numel()
+        part = backbone.get_params(net, select="trainable").numel()
+        out_all, out_part = torch.empty(total, device=timer.device), torch.empty(part, device=timer.device)
+        timer(
+            {
+                "get all": lambda: backbone.get_grads(net, out=out_all),  # noqa: B023 (timed before the next loop)
+                "get trainable": lambda: backbone.get_grads(net, out=out_part, select="trainable"),  # noqa: B023
+                "set all": lambda: backbone.set_grads(net, out_all),  # noqa: B023
+                "set trainable": lambda: backbone.set_grads(net, out_part, select="trainable"),  # noqa: B023
+            }
+        )
+        for operation, key in (("get_grads(out=)", "get"), ("set_grads", "set")):
+            rows.append(
+                [
+                    operation,
+                    part_name,
+                    f"{total:,}",
+                    f"{part:,}",
+                    f"{part / total:.4f}",
+                    f"{timer.ratio(f'{key} trainable', f'{key} all'):.4f}",
+                ]
+            )
+    return rows
 
 
-SUBSET_HEADER = ["operation (ViT-B/16)", "all elements", "trainable elements", "fraction", "time, trainable / all"]
+SUBSET_HEADER = [
+    "operation (ViT-B/16)", "trainable part", "all elements", "trainable elements", "fraction", "time, trainable / all",
+]  # fmt: skip
 
 
 def peak_memory_ratio(name: str, device: torch.device) -> float:
