@@ -112,6 +112,25 @@ def check_bool(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
 
 
+def allowed_dtypes(weight: Tensor) -> tuple[torch.dtype, ...]:
+    """The dtypes an input may have for a layer with this weight: its own, and autocast's when autocast is on.
+
+    Example:
+        >>> import torch
+        >>> from backbone._checks import allowed_dtypes
+        >>> allowed_dtypes(torch.zeros(1))
+        (torch.float32,)
+        >>> with torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     allowed_dtypes(torch.zeros(1))
+        (torch.float32, torch.bfloat16)
+    """
+    device = weight.device.type
+    if device != "meta" and torch.is_autocast_enabled(device):
+        lower = torch.get_autocast_dtype(device)
+        return (weight.dtype,) if lower == weight.dtype else (weight.dtype, lower)
+    return (weight.dtype,)
+
+
 def check_input(
     owner: object, x: object, weight: Tensor, *, channels: int | None = None, features: int | None = None
 ) -> None:
@@ -139,8 +158,11 @@ def check_input(
         raise TypeError(f"{name} expects the input batch x to be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{name} expects a floating-point input, got {x.dtype}")
-    if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(f"{name} expects inputs of its parameters' dtype {weight.dtype}, got {x.dtype}")
+    if x.device != weight.device and weight.device.type != "meta":
+        raise ValueError(f"{name} expects inputs on its parameters' device {weight.device}, got {x.device}")
+    if x.dtype not in allowed_dtypes(weight):
+        names = " or ".join(str(d) for d in allowed_dtypes(weight))
+        raise TypeError(f"{name} expects inputs of its parameters' dtype {names}, got {x.dtype}")
     if channels is not None and (x.dim() != 4 or x.shape[1] != channels):
         raise ValueError(f"{name} expects images [B, {channels}, H, W], got shape {tuple(x.shape)}")
     if features is not None and (x.dim() < 2 or math.prod(x.shape[1:]) != features):

@@ -50,6 +50,10 @@ def grow_param(param: nn.Parameter, fresh: Tensor, optimizer: torch.optim.Optimi
     with torch.no_grad():
         grown = fresh.detach().clone()
         grown[:old] = param
+        # While a graph built before the growth is alive, torch keeps handing out the parameter's gradient
+        # accumulator, which knows the old shape, and the next backward fails. Torch drops the accumulator when
+        # the data's dtype changes, so the data passes through another dtype on the way in.
+        param.data = grown.to(torch.float64 if grown.dtype != torch.float64 else torch.float32)
         param.data = grown
         if param.grad is not None:
             param.grad = grow_rows(param.grad, fresh.shape[0])

@@ -123,6 +123,8 @@ class LoRA(nn.Module):
         # The layer's weight from before merge_lora, so that unmerge_lora
         # restores it exactly; a buffer so that it follows .to().
         self.register_buffer("_unmerged_weight", None, persistent=False)
+        # The merged weight's version counter and storage when merge_lora left it.
+        self._merge_stamp: tuple[int, int, torch.dtype] | None = None
 
     def delta(self) -> Tensor:
         """The weight delta ``scale * B @ A``, ``[out_features, in_features]``.
@@ -282,7 +284,7 @@ def _block_list(blocks: object, name: str) -> list[int]:
 
 def _vit_blocks(model: object, what: str) -> list[Any]:
     """The model's blocks, each with its ``tuning`` container; refuses anything else."""
-    module = check_module(model, f"{what}'s model")
+    module = check_module(model, f" as {what}'s model")
     blocks = getattr(module, "blocks", None)
     tuning = getattr(module, "tuning", None)
     if not (
@@ -333,11 +335,14 @@ def _site_layer(block: Any, site: str) -> nn.Module:
     return cast(nn.Module, getattr(block, site))
 
 
-def _attach(blocks: list[Any], made: dict[tuple[int, str], nn.Module], what: str) -> None:
-    """Put every new hook in place, after checking that none of their places is taken."""
-    for (index, key), _ in made.items():
+def _check_free(blocks: list[Any], places: list[tuple[int, str]], what: str) -> None:
+    """Refuse before anything is built (building draws random numbers) if any place is taken."""
+    for index, key in places:
         if key in blocks[index].tuning:
             raise ValueError(f"{what}: block {index} already has {key!r} attached; remove_tuning first")
+
+
+def _attach(blocks: list[Any], made: dict[tuple[int, str], nn.Module]) -> None:
     for (index, key), hook in made.items():
         blocks[index].tuning[key] = hook
 
@@ -392,12 +397,13 @@ def add_lora(
     if check_int(rank, "rank") < 1:
         raise ValueError(f"rank must be a positive int, got {rank}")
     chosen_sites = _chosen_sites(sites, LINEAR_SITES, "add_lora")
+    places = [(i, site) for i in _chosen_blocks(blocks, len(all_blocks), "add_lora") for site in chosen_sites]
+    _check_free(all_blocks, [(i, f"lora_{site}") for i, site in places], "add_lora")
     made: dict[tuple[int, str], nn.Module] = {}
-    for index in _chosen_blocks(blocks, len(all_blocks), "add_lora"):
-        for site in chosen_sites:
-            layer = cast(nn.Linear, _site_layer(all_blocks[index], site))
-            made[index, f"lora_{site}"] = _like(LoRA(layer.in_features, layer.out_features, rank, alpha), layer.weight)
-    _attach(all_blocks, made, "add_lora")
+    for index, site in places:
+        layer = cast(nn.Linear, _site_layer(all_blocks[index], site))
+        made[index, f"lora_{site}"] = _like(LoRA(layer.in_features, layer.out_features, rank, alpha), layer.weight)
+    _attach(all_blocks, made)
     return cast(list[LoRA], list(made.values()))
 
 
@@ -434,11 +440,13 @@ def add_adapters(
     """
     all_blocks = _vit_blocks(model, "add_adapters")
     dim = cast(nn.LayerNorm, all_blocks[0].norm1).normalized_shape[0]
+    chosen = _chosen_blocks(blocks, len(all_blocks), "add_adapters")
+    _check_free(all_blocks, [(i, "adapter") for i in chosen], "add_adapters")
     made: dict[tuple[int, str], nn.Module] = {}
-    for index in _chosen_blocks(blocks, len(all_blocks), "add_adapters"):
+    for index in chosen:
         weight = all_blocks[index].mlp.fc1.weight
         made[index, "adapter"] = _like(Adapter(dim, bottleneck, mode, scale), weight)
-    _attach(all_blocks, made, "add_adapters")
+    _attach(all_blocks, made)
     return cast(list[Adapter], list(made.values()))
 
 
@@ -472,16 +480,17 @@ def add_ssf(
     """
     all_blocks = _vit_blocks(model, "add_ssf")
     chosen_sites = _chosen_sites(sites, SSF_SITES, "add_ssf")
+    places = [(i, site) for i in _chosen_blocks(blocks, len(all_blocks), "add_ssf") for site in chosen_sites]
+    _check_free(all_blocks, [(i, f"ssf_{site}") for i, site in places], "add_ssf")
     made: dict[tuple[int, str], nn.Module] = {}
-    for index in _chosen_blocks(blocks, len(all_blocks), "add_ssf"):
-        for site in chosen_sites:
-            layer = _site_layer(all_blocks[index], site)
-            if isinstance(layer, nn.Linear):
-                width, weight = layer.out_features, layer.weight
-            else:
-                width, weight = cast(nn.LayerNorm, layer).normalized_shape[0], all_blocks[index].attn.qkv.weight
-            made[index, f"ssf_{site}"] = _like(SSF(width), weight)
-    _attach(all_blocks, made, "add_ssf")
+    for index, site in places:
+        layer = _site_layer(all_blocks[index], site)
+        if isinstance(layer, nn.Linear):
+            width, weight = layer.out_features, layer.weight
+        else:
+            width, weight = cast(nn.LayerNorm, layer).normalized_shape[0], all_blocks[index].attn.qkv.weight
+        made[index, f"ssf_{site}"] = _like(SSF(width), weight)
+    _attach(all_blocks, made)
     return cast(list[SSF], list(made.values()))
 
 
@@ -512,10 +521,10 @@ def add_prompts(model: nn.Module, length: int, *, blocks: Sequence[int] = (0,)) 
     all_blocks = _vit_blocks(model, "add_prompts")
     chosen = _chosen_blocks(blocks, len(all_blocks), "add_prompts")
     dim = cast(nn.LayerNorm, all_blocks[0].norm1).normalized_shape[0]
-    prompts = PromptTokens(length, dim, chosen)
     tuning = cast(nn.ModuleDict, model.tuning)
     if "prompts" in tuning:
         raise ValueError("add_prompts: the model already has prompts attached; remove_tuning first")
+    prompts = PromptTokens(length, dim, chosen)
     tuning["prompts"] = _like(prompts, all_blocks[0].attn.qkv.weight)
     return prompts
 
@@ -524,6 +533,8 @@ def remove_tuning(model: nn.Module) -> None:
     """Detach every tuning hook, so that the model is again exactly the plain one.
 
     LoRA deltas still merged into the weights are unmerged first.
+    ``requires_grad`` is left as it is: after :func:`~backbone.freeze_base`,
+    call ``model.requires_grad_(True)`` to train the whole model again.
 
     Args:
         model: a :class:`~backbone.VisionTransformer`.
@@ -593,20 +604,47 @@ def merge_lora(model: nn.Module) -> int:
         (12, True)
     """
     pairs = [(layer, lora) for layer, lora in _loras(model, "merge_lora") if not lora.merged]
+    for layer, _ in pairs:
+        if layer.weight.device.type == "meta":
+            raise ValueError("merge_lora: the model is on the meta device and holds no weights to merge into")
     for layer, lora in pairs:
         lora._unmerged_weight = layer.weight.detach().clone()
         layer.weight.add_(lora.delta().to(layer.weight.dtype))
+        lora._merge_stamp = (layer.weight._version, layer.weight.data_ptr(), layer.weight.dtype)
         lora.merged = True
     return len(pairs)
+
+
+def _unchanged_since_merge(layer: nn.Linear, lora: LoRA) -> bool:
+    """Whether ``layer.weight`` is still the merged weight that merge_lora wrote (converted, perhaps)."""
+    weight, kept = layer.weight, lora._unmerged_weight
+    if kept is None or lora._merge_stamp is None or kept.shape != weight.shape:
+        return False
+    version, pointer, merged_in = lora._merge_stamp
+    if weight.data_ptr() == pointer:
+        # The same tensor: any in-place write (an optimizer step, a load) moved its version counter.
+        return weight._version == version
+    # Another tensor (the model was converted, moved or copied): it must hold the merged values, up to the
+    # rounding of the dtype the merge was done in or of the one it has now, the coarser.
+    expected = kept.double() + lora.delta().double()
+    got = weight.double()
+    scale = float(expected.abs().nan_to_num(0.0, 0.0, 0.0).max()) if expected.numel() else 0.0
+    eps = max(torch.finfo(weight.dtype).eps, torch.finfo(merged_in).eps)
+    return torch.allclose(got, expected, rtol=4 * eps, atol=4 * eps * scale, equal_nan=True)
 
 
 @torch.no_grad()
 def unmerge_lora(model: nn.Module) -> int:
     """Undo :func:`~backbone.merge_lora`: each merged layer gets back its weight from before the merge, bit for bit.
 
-    The weight must not have changed while merged (an optimizer step on the
-    merged model, a ``load_state_dict``): the delta could then no longer be
-    taken out exactly, so the call refuses and changes nothing.
+    The weight must not have been written while merged (an optimizer step
+    on the merged model, a ``load_state_dict``): the delta could then no
+    longer be taken out exactly, so the call refuses and changes nothing.
+    Training the LoRA factors while merged is fine (the layer gets back its
+    old weight, and the LoRA its new factors), and so is converting or
+    moving the model (``.double()``, ``.to(device)``, a deep copy): the kept
+    weight follows the model, and the merged weight is then recognised up to
+    the rounding of its new dtype.
 
     Args:
         model: a :class:`~backbone.VisionTransformer`.
@@ -628,9 +666,11 @@ def unmerge_lora(model: nn.Module) -> int:
     pairs = [(layer, lora) for layer, lora in _loras(model, "unmerge_lora") if lora.merged]
     for layer, lora in pairs:
         kept = lora._unmerged_weight
-        if kept is None or kept.shape != layer.weight.shape or kept.device != layer.weight.device:
+        if layer.weight.device.type == "meta" or (kept is not None and kept.device.type == "meta"):
+            raise ValueError("unmerge_lora: the model is on the meta device and holds no weights to unmerge")
+        if kept is None or kept.device != layer.weight.device:
             raise ValueError("unmerge_lora: a merged layer no longer matches the weight kept at the merge")
-        if not torch.equal(layer.weight, kept + lora.delta().to(kept.dtype)):
+        if not _unchanged_since_merge(layer, lora):
             raise ValueError(
                 "unmerge_lora: a merged weight changed since merge_lora (an optimizer step or a load?), "
                 "so the delta cannot be taken out exactly; nothing was unmerged"
@@ -638,6 +678,7 @@ def unmerge_lora(model: nn.Module) -> int:
     for layer, lora in pairs:
         layer.weight.copy_(cast(Tensor, lora._unmerged_weight))
         lora._unmerged_weight = None
+        lora._merge_stamp = None
         lora.merged = False
     return len(pairs)
 

@@ -353,3 +353,21 @@ def test_a_new_task_head_starts_as_the_backbone_starts_its_classifier() -> None:
 def test_heads_refuse_bad_sizes(make_head: Callable[[], nn.Module], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make_head()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_growth_while_a_graph_from_before_is_alive_leaves_the_next_backward_working(kind: str) -> None:
+    # Found by red-teaming: torch hands out a parameter's gradient accumulator, which knows its old shape,
+    # for as long as a graph that uses it is alive.
+    net = make(kind)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x, y = batch()
+    held = F.cross_entropy(net(x), y)
+    held.backward(retain_graph=True)
+    opt.step()
+    grow_classifier(net, 6, optimizer=opt)
+    opt.zero_grad()
+    F.cross_entropy(net(x), y + 3).backward()
+    assert all(p.grad is None or p.grad.shape == p.shape for p in net.parameters())
+    assert net.classifier.weight.grad is not None if kind in ("linear", "cosine") else True
+    del held

@@ -428,3 +428,33 @@ def test_an_integer_loss_is_refused_and_small_integer_targets_are_class_indices(
         per_sample_grads(net, lambda out, t: out.argmax(), torch.randn(2, 4), torch.tensor([0, 1]))
     x, y = torch.randn(2, 4), torch.tensor([0, 2])
     torch.testing.assert_close(fisher_diagonal(net, [(x, y.to(torch.uint8))]), fisher_diagonal(net, [(x, y)]))
+
+
+class WithIdleConv(nn.Module):
+    """An MLP plus a convolution that holds parameters but never runs: the same rows, taken the other way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 5), nn.Linear(5, 3)
+        self.idle = nn.Conv2d(1, 1, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def test_the_vectorised_and_the_one_by_one_ways_give_the_rows_of_the_loop() -> None:
+    # An all-linear model is vectorised over the batch; one with any other layer holding parameters is taken one
+    # example at a time. Both must give the per-example loop's rows, on the same linear layers.
+    torch.manual_seed(0)
+    with_conv = WithIdleConv()
+    mlp = nn.Sequential(copy.deepcopy(with_conv.fc1), nn.Tanh(), copy.deepcopy(with_conv.fc2))
+    x, y = torch.randn(9, 6), torch.randint(0, 3, (9,))
+    one_by_one = per_sample_grads(with_conv, F.cross_entropy, x, y)
+    vectorised = per_sample_grads(mlp, F.cross_entropy, x, y)
+    assert_rows_close(one_by_one, loop_rows(with_conv, F.cross_entropy, x, y))
+    assert_rows_close(vectorised, loop_rows(mlp, F.cross_entropy, x, y))
+    assert_rows_close(one_by_one[:, :-2], vectorised)
+    assert torch.equal(one_by_one[:, -2:], torch.zeros(9, 2))  # the idle convolution's weight and bias
+    fisher_a = fisher_diagonal(with_conv, [(x, y)])
+    fisher_b = fisher_diagonal(mlp, [(x, y)])
+    torch.testing.assert_close(fisher_a[:-2], fisher_b, rtol=1e-5, atol=1e-9)

@@ -648,3 +648,110 @@ def test_bad_call_time_arguments_are_refused_before_anything_runs(
 def test_hook_modules_refuse_bad_sizes(make: Callable[[], object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make()
+
+
+# --- found by red-teaming ------------------------------------------------------------------------------------------
+
+
+def merged_tiny() -> tuple[VisionTransformer, dict[str, Tensor]]:
+    net = tiny(dtype=torch.float32)
+    for lora in add_lora(net, 2):
+        randomise(lora)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    merge_lora(net)
+    return net, before
+
+
+@pytest.mark.parametrize("convert", ["double", "deepcopy"])
+def test_unmerge_after_converting_or_copying_the_merged_model_restores_the_kept_weights(convert: str) -> None:
+    net, before = merged_tiny()
+    net = net.double() if convert == "double" else copy.deepcopy(net)
+    assert unmerge_lora(net) == 12
+    for key, value in before.items():
+        assert torch.equal(net.state_dict()[key], value.to(net.state_dict()[key].dtype)), key
+
+
+def test_training_the_factors_while_merged_does_not_block_the_unmerge() -> None:
+    net, before = merged_tiny()
+    loras = [m for m in net.modules() if isinstance(m, backbone.LoRA)]
+    opt = torch.optim.SGD([p for lora in loras for p in lora.parameters()], lr=0.1, weight_decay=0.1)
+    for lora in loras:
+        lora.B.grad = torch.zeros_like(lora.B)
+        lora.A.grad = torch.zeros_like(lora.A)
+    opt.step()  # weight decay moves A and B; the merged weights are not touched
+    assert unmerge_lora(net) == 12
+    assert all(torch.equal(net.state_dict()[k], v) for k, v in before.items() if ".tuning." not in k)
+
+
+def test_a_nan_in_a_factor_does_not_block_the_unmerge() -> None:
+    net, before = merged_tiny()
+    unmerge_lora(net)
+    with torch.no_grad():
+        net.blocks[0].tuning.lora_qkv.B[0, 0] = float("nan")
+    merge_lora(net)
+    assert unmerge_lora(net) == 12
+    assert torch.equal(net.blocks[0].attn.qkv.weight, before["blocks.0.attn.qkv.weight"])
+
+
+def test_merge_and_unmerge_on_the_meta_device_are_refused_clearly() -> None:
+    net, _ = merged_tiny()
+    net.to("meta")
+    with pytest.raises(ValueError, match="meta device"):
+        unmerge_lora(net)
+    fresh = tiny(dtype=torch.float32)
+    add_lora(fresh, 2)
+    fresh.to("meta")
+    with pytest.raises(ValueError, match="meta device"):
+        merge_lora(fresh)
+
+
+def test_a_refused_attachment_draws_no_random_numbers() -> None:
+    net = tiny()
+    add_lora(net, 2, sites=["fc1"], blocks=[2])
+    add_prompts(net, 2)
+    state = torch.get_rng_state()
+    with pytest.raises(ValueError):
+        add_lora(net, 2)
+    with pytest.raises(ValueError):
+        add_prompts(net, 3)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_call_time_tensors_under_autocast_must_be_the_models_or_autocasts_dtype() -> None:
+    net = tiny(dtype=torch.float32)
+    x = images(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert net(x, prompts=torch.zeros(2, 8, dtype=torch.bfloat16)).shape == (3, 5)
+        assert net(x, prompts=torch.zeros(2, 8)).shape == (3, 5)
+        for kwargs in (
+            {"prompts": torch.zeros(2, 8, dtype=torch.float64)},
+            {"prefixes": {0: torch.zeros(2, 2, 8, dtype=torch.float16)}},
+            {"AB": {0: {"qkv": torch.zeros(24, 8, dtype=torch.float64)}}},
+        ):
+            with pytest.raises(TypeError, match=r"dtype torch.float32 or torch.bfloat16"):
+                net(x, **kwargs)
+        with pytest.raises(TypeError, match=r"dtype torch.float32 or torch.bfloat16, got torch.float64"):
+            net(x.double())
+
+
+def test_sparse_prompts_and_inputs_on_another_device_are_refused() -> None:
+    net = tiny()
+    x = images()
+    with pytest.raises(TypeError, match="dense"):
+        net(x, prompts=torch.zeros(2, 8, dtype=torch.float64).to_sparse())
+    with pytest.raises(ValueError, match="device"):
+        net(x.to("meta"))
+
+
+@pytest.mark.parametrize("flag", ["norm", "stop_early", "return_prefix_tokens", "intermediates_only"])
+def test_forward_intermediates_refuses_flags_that_are_not_bools(flag: str) -> None:
+    with pytest.raises(TypeError, match=flag):
+        tiny().forward_intermediates(images(), **{flag: "no"})
+
+
+def test_messages_name_the_shape_given_and_the_model_expected() -> None:
+    net = tiny()
+    with pytest.raises(ValueError, match=r"got shape \(2, 7\)$"):
+        net(images(), prompts=torch.zeros(2, 7, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"^expected a torch.nn.Module as add_lora's model, got NoneType$"):
+        add_lora(None, 2)  # type: ignore[arg-type]

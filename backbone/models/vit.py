@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._checks import check_bool, check_input, check_output_fmt, check_positive_ints
+from .._checks import allowed_dtypes, check_bool, check_input, check_output_fmt, check_positive_ints
 from ..base import BackboneOutput, MammothBackbone, ReturnType, feature_take_indices
 from ..registry import register_backbone
 
@@ -178,10 +178,14 @@ def _per_block(value: object, depth: int, name: str, *, tensor_means_block_0: bo
 def _check_like(t: object, ref: Tensor, what: str) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided:
+        raise TypeError(f"{what} must be a dense (strided) tensor, got layout {t.layout}")
     if not t.is_floating_point():
         raise TypeError(f"{what} must be floating point, got {t.dtype}")
-    if t.dtype != ref.dtype and not torch.is_autocast_enabled(ref.device.type):
-        raise TypeError(f"{what} must have the model's dtype {ref.dtype}, got {t.dtype}")
+    allowed = allowed_dtypes(ref)
+    if t.dtype not in allowed:
+        names = " or ".join(str(d) for d in allowed)
+        raise TypeError(f"{what} must have the model's dtype {names}, got {t.dtype}")
     if t.device != ref.device:
         raise ValueError(f"{what} must be on the model's device {ref.device}, got {t.device}")
     return t
@@ -190,15 +194,14 @@ def _check_like(t: object, ref: Tensor, what: str) -> Tensor:
 def _batched(t: object, batch: int, tail: tuple[int | None, ...], ref: Tensor, what: str) -> Tensor:
     """``t`` as ``[batch, *tail]``, from ``[batch, *tail]``, ``[1, *tail]`` or ``tail`` (None: any positive size)."""
     t = _check_like(t, ref, what)
-    shape = tuple(t.shape)
-    if len(shape) == len(tail):
-        shape, t = (1, *shape), t.unsqueeze(0)
+    given = tuple(t.shape)
+    shape = (1, *given) if len(given) == len(tail) else given
     fits = len(shape) == len(tail) + 1 and shape[0] in (1, batch)
     fits = fits and all(s > 0 if want is None else s == want for s, want in zip(shape[1:], tail, strict=False))
     if not fits:
         dims = ", ".join("L" if want is None else str(want) for want in tail)
-        raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}] with L > 0, got shape {tuple(t.shape)}")
-    return t.expand(batch, *shape[1:])
+        raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}] with L > 0, got shape {given}")
+    return t.reshape(shape).expand(batch, *shape[1:])
 
 
 def _delta(given: object, layer: nn.Linear, batch: int, what: str) -> _Delta:
@@ -626,6 +629,13 @@ class VisionTransformer(MammothBackbone):
             (torch.Size([1, 65, 192]), [(1, 64, 192)])
         """
         check_output_fmt(output_fmt, ("NCHW", "NLC"))
+        for flag, value in (
+            ("return_prefix_tokens", return_prefix_tokens),
+            ("norm", norm),
+            ("stop_early", stop_early),
+            ("intermediates_only", intermediates_only),
+        ):
+            check_bool(flag, value)
         take, last = feature_take_indices(len(self.blocks), indices)
         inputs = self._call_inputs(x, prompts, prefixes, AB)
         batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
