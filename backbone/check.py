@@ -398,15 +398,41 @@ class _Checker:
                 # Allowed only where no activation follows the stage: a ReLU
                 # output has no negative values, so a stage that has some is
                 # genuinely unchanged. One with none but zeros and positive
-                # values was probably not switched; an all-zero stage (a zero
-                # input, say) cannot tell either way.
+                # values was probably not switched, unless it has some in
+                # training mode; an all-zero stage (a zero input, say) cannot
+                # tell either way.
                 _require(
-                    bool((a < 0).any()) or not bool((a == 0).any()) or not bool((a > 0).any()),
+                    bool((a < 0).any())
+                    or not bool((a == 0).any())
+                    or not bool((a > 0).any())
+                    or self._negative_in_training(toggle, i),
                     f"stage {i} is unchanged and looks like a ReLU output (no negative values, some zeros and "
                     "some positive ones); set_return_prerelu(True) should give it before its activation",
                 )
             else:
                 self.close(a.relu(), b, f"stage {i}: relu of the pre-activation output and the output")
+
+    def _negative_in_training(self, toggle: Callable[[bool], object], index: int) -> bool:
+        """Whether 'full' stage ``index``, pre-activations on, has negative values in training mode.
+
+        A stage that ends in ReLU then BatchNorm (the CIFAR ResNet-32's stem)
+        is, in eval mode with BatchNorm's initial statistics, a ReLU output
+        scaled by a positive number; the batch statistics of training mode
+        show that it is not one. A ReLU output has no negative values in
+        either mode, so a set_return_prerelu that does nothing still fails.
+        Whatever the probe changes (modes, statistics, the switch) is put back.
+        """
+        was = bool(getattr(self.net, "return_prerelu", False))
+        try:
+            with _preserved(self.net), torch.no_grad():
+                toggle(True)
+                self.net.train()
+                _, stages = self._full("returnt='full' in training mode")
+                return index < len(stages) and bool((stages[index] < 0).any())
+        except Exception:  # a backbone that cannot run this batch in training mode shows nothing
+            return False
+        finally:
+            toggle(was)
 
     def _full(self, what: str) -> tuple[Tensor, list[Tensor]]:
         full = self.net(self.x, returnt="full")
@@ -546,7 +572,9 @@ def check_backbone(
     * where the backbone has ``set_return_prerelu``, switching it on keeps
       the logits and gives each ``'full'`` stage before its activation (the
       same shapes, and the ReLU of each is the stage as before), and it is
-      switched back afterwards.
+      switched back afterwards. A stage given unchanged that looks like a
+      ReLU output is run once more in training mode, where BatchNorm uses
+      the batch's statistics: it passes if it has negative values there.
 
     A rule that does not apply (no ``classifier``, no parameter that requires
     grad, no ``set_return_prerelu``) is reported with status ``'skip'``: not verified, and not a

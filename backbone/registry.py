@@ -251,7 +251,7 @@ def list_backbones() -> list[str]:
     Example:
         >>> from backbone import list_backbones
         >>> [name for name in list_backbones() if "resnet" in name]
-        ['reduced-resnet18', 'resnet18', 'resnet34', 'resnet50']
+        ['reduced-resnet18', 'resnet18', 'resnet32', 'resnet34', 'resnet50']
     """
     return sorted(_REGISTRY)
 

@@ -59,7 +59,16 @@ def failures(net: torch.nn.Module, x: torch.Tensor | None = None) -> dict[str, s
 
 @pytest.mark.parametrize(
     "name",
-    ["mnistmlp", "reduced-resnet18", "resnet18", "resnet34", "resnet50", "vit-tiny-patch4-32", "vit-tiny-patch16-224"],
+    [
+        "mnistmlp",
+        "reduced-resnet18",
+        "resnet18",
+        "resnet32",
+        "resnet34",
+        "resnet50",
+        "vit-tiny-patch4-32",
+        "vit-tiny-patch16-224",
+    ],
 )
 def test_every_reference_backbone_passes(name: str) -> None:
     entry = registered(name)
@@ -101,6 +110,39 @@ def test_a_dropout_backbone_passes_because_rules_run_in_eval_mode() -> None:
     net = DropoutNet().train()
     assert_all_verified_but_prerelu(check_backbone(net, torch.randn(16, 4)))
     assert net.training and net.dropout.training
+
+
+class ReluThenBatchNorm(TinyNet):
+    """Stages that end in no activation, nothing to switch: ReLU then BatchNorm (as ResNet-32's stem), then linear."""
+
+    def __init__(self, broken_in_training: bool = False) -> None:
+        super().__init__()
+        self.act1 = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.BatchNorm1d(3))
+        self.act2 = torch.nn.Identity()
+        self.broken_in_training = broken_in_training
+
+    def set_return_prerelu(self, enable: bool = True) -> None:
+        self.return_prerelu = enable
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.broken_in_training and self.training:
+            raise RuntimeError("cannot run in training mode")
+        return super().forward_features(x)
+
+
+def test_an_unchanged_stage_that_is_negative_in_training_mode_passes() -> None:
+    """In eval mode a fresh BatchNorm only scales the ReLU output; its batch statistics show it is no ReLU output."""
+    torch.manual_seed(0)
+    net = ReluThenBatchNorm()
+    x = torch.randn(8, 4)
+    with torch.no_grad():
+        stage = net.eval()(x, returnt="full")[1][0]
+    assert not bool((stage < 0).any()) and bool((stage == 0).any())
+    net.train()
+    assert all(r.status == "pass" for r in check_backbone(net, x))
+    assert net.training and not net.return_prerelu and net.act1[1].running_mean.abs().sum() == 0
+    # Where the training-mode run shows nothing (here it raises), the stage still fails.
+    assert "stage 0 is unchanged and looks like a ReLU output" in failures(ReluThenBatchNorm(True), x)[PRERELU]
 
 
 def test_mammoth_style_subclass_passes() -> None:

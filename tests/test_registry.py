@@ -18,7 +18,7 @@ from backbone import (
     unregister_backbone,
 )
 
-BUILTIN = ["mnistmlp", "reduced-resnet18", "resnet18", "resnet34", "resnet50"]
+BUILTIN = ["mnistmlp", "reduced-resnet18", "resnet18", "resnet32", "resnet34", "resnet50"]
 
 
 @pytest.fixture

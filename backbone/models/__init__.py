@@ -2,6 +2,7 @@
 
 from .mlp import MNISTMLP
 from .resnet import BasicBlock, Bottleneck, ResNet, reduced_resnet18, resnet18, resnet34, resnet50
+from .resnet32 import ResNet32, resnet32
 from .vit import (
     VisionTransformer,
     vit_base_patch16_224,
@@ -15,9 +16,11 @@ __all__ = [
     "BasicBlock",
     "Bottleneck",
     "ResNet",
+    "ResNet32",
     "VisionTransformer",
     "reduced_resnet18",
     "resnet18",
+    "resnet32",
     "resnet34",
     "resnet50",
     "vit_base_patch16_224",
