@@ -124,7 +124,8 @@ def per_sample_grads(
         out = _call(module, slots, {**fixed, **differentiated}, x)
         return _scalar(loss_fn(out, y.unsqueeze(0)))
 
-    return _rows(module, names, params, example_loss, inputs, targets, chunk_size, with_aux=False)[0]
+    chunks = _rows(module, names, params, example_loss, inputs, targets, chunk_size, with_aux=False)
+    return torch.cat([rows for rows, _ in chunks])
 
 
 def fisher_diagonal(
@@ -258,11 +259,17 @@ def fisher_diagonal(
         if [p.shape for p in now] != shapes:
             raise ValueError("the selected parameters changed shape while the loader ran; expected a fixed model")
         targets = targets.long()
-        rows, log_p = _rows(module, names, params, log_likelihood, inputs, targets, chunk_size, with_aux=True)
-        squares = rows.square()
-        if weight_by_probability and log_p is not None:
-            squares = squares * log_p.exp().to(squares.dtype).unsqueeze(1)
-        fisher += squares.sum(0).to(fisher.device)
+        for rows, log_p in _rows(module, names, params, log_likelihood, inputs, targets, chunk_size, with_aux=True):
+            if weight_by_probability and log_p is not None:
+                weights = log_p.exp().to(rows.dtype)
+            else:
+                weights = torch.ones(rows.shape[0], dtype=rows.dtype, device=rows.device)
+            rows = rows.to(fisher.device)
+            weighted = rows * weights.to(fisher.device).unsqueeze(1)
+            if rows.shape[0] == 1:  # in place: no squared copy of the row
+                fisher.addcmul_(weighted[0], rows[0])
+            else:
+                fisher.add_((weighted * rows).sum(0))
         seen += inputs.shape[0]
     if seen == 0:
         raise ValueError("loader yielded no example; expected at least one batch")
@@ -320,41 +327,48 @@ def _rows(
     chunk_size: int | None,
     *,
     with_aux: bool,
-) -> tuple[Tensor, Tensor | None]:
-    """Each example's gradient over ``params`` as a row (zeros for those without requires_grad), and the aux."""
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """Each example's gradient over ``params`` as a row (zeros for those without requires_grad), and the aux.
+
+    The rows come a chunk at a time, ``[examples, elements]``: ``chunk_size`` examples where the batch is
+    vectorised, one where the examples are taken one by one, so that a caller that only sums them (the
+    Fisher) never holds the whole batch's.
+    """
     differentiated = {name: p.detach() for name, p in zip(names, params, strict=True) if p.requires_grad}
     # Every other parameter enters as a constant, under its flat-order name; buffers are the module's own.
     every_names, every_params = walk(module)
     fixed = {name: p.detach() for name, p in zip(every_names, every_params, strict=True) if name not in differentiated}
-    batch = inputs.shape[0]
     dtype, device = _dtype(params), _device(params)
-    rows = torch.zeros(batch, sum(p.numel() for p in params), dtype=dtype, device=device)
+    total = sum(p.numel() for p in params)
     # Nothing to differentiate: the rows are zeros, but the model and the loss still run.
     one = grad(example_fn, argnums=2, has_aux=with_aux) if differentiated else example_fn
     if _vectorises_well(module):
-        how = "vmap of grad"
-        by_example = vmap(one, in_dims=(0, 0, None, None), randomness="different", chunk_size=chunk_size)
+        how, step = "vmap of grad", chunk_size or inputs.shape[0]
+        by_example = vmap(one, in_dims=(0, 0, None, None), randomness="different")
     else:
-        how = "grad, one example at a time"
+        how, step = "grad, one example at a time", 1
         by_example = functools.partial(_one_by_one, one)
     with warnings.catch_warnings(), _left_as_it_was(module):
         # torch.func runs attention without a batching rule one example at a time, and says so on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-        try:
-            result = by_example(inputs, targets, differentiated, fixed)
-        except RuntimeError as error:
-            raise ValueError(
-                f"the model or the loss failed on one example under torch.func ({how}): {error}"
-            ) from error
-    if not differentiated:
-        return rows, (cast(Tensor, result[1]) if with_aux else None)
-    grads = cast(dict[str, Tensor], result[0] if with_aux else result)
-    offset = 0
-    for name, p in zip(names, params, strict=True):
-        if name in grads:
-            rows[:, offset : offset + p.numel()] = grads[name].reshape(batch, -1)
-        offset += p.numel()
-    return rows, (cast(Tensor, result[1]) if with_aux else None)
+        for start in range(0, inputs.shape[0], step):
+            x, y = inputs[start : start + step], targets[start : start + step]
+            try:
+                result = by_example(x, y, differentiated, fixed)
+            except RuntimeError as error:
+                raise ValueError(
+                    f"the model or the loss failed on one example under torch.func ({how}): {error}"
+                ) from error
+            aux = cast(Tensor, result[1]) if with_aux else None
+            rows = torch.zeros(x.shape[0], total, dtype=dtype, device=device)
+            if differentiated:
+                grads = cast(dict[str, Tensor], result[0] if with_aux else result)
+                offset = 0
+                for name, p in zip(names, params, strict=True):
+                    if name in grads:
+                        rows[:, offset : offset + p.numel()] = grads[name].reshape(x.shape[0], -1)
+                    offset += p.numel()
+            yield rows, aux
 
 
 def _vectorises_well(module: nn.Module) -> bool:
