@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -9,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_int, check_module, check_num_classes
-from ._growing import check_state, grow_param
+from ._growing import check_optimizer_for, check_state, grow_param
+from .wrappers import unwrap
 
 __all__ = ["grow_classifier", "grow_to_fit", "mask_unseen"]
 
@@ -30,6 +32,10 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
     :class:`~torch.nn.Linear`), in the same dtype and device. Existing
     gradients grow with zeros for the new units. Optimizers, hooks and
     anything else that holds the Parameter objects keep working.
+
+    A graph built before the growth must not be back-propagated after it:
+    its gradients have the old shape. (A new forward and backward are fine,
+    even while such a graph is still alive.)
 
     Pass ``optimizer`` to carry its per-parameter state across: every state
     tensor shaped like the old weight or bias (Adam's and AdamW's moments,
@@ -71,7 +77,7 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
         ...
         ValueError: num_classes must be at least the current 5 (growing only), got 3
     """
-    net = check_module(net)
+    net = unwrap(check_module(net))
     classifier = _classifier(net)
     grow = getattr(classifier, "grow_classes", None)
     if not isinstance(classifier, nn.Linear) and callable(grow):
@@ -100,6 +106,7 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
         return
     params = {name: getattr(classifier, name) for name in ("weight", "bias") if getattr(classifier, name) is not None}
     if optimizer is not None:
+        check_optimizer_for(optimizer, list(params.values()), "classifier")
         for name, param in params.items():
             check_state(optimizer, param, name)
     fresh = nn.Linear(
@@ -154,13 +161,22 @@ def grow_to_fit(net: nn.Module, state_dict: Mapping[str, Tensor]) -> int:
         >>> fresh.load_state_dict(trained.state_dict())
         <All keys matched successfully>
     """
-    net = check_module(net)
+    net = unwrap(check_module(net))
     if not isinstance(state_dict, Mapping):
         raise TypeError(f"state_dict must be a mapping of names to tensors, got {type(state_dict).__name__}")
     classifier = _classifier(net)
     prefix = next((f"{name}." for name, module in net.named_modules() if module is classifier and name), None)
     if classifier is None or prefix is None:
         raise TypeError(f"grow_to_fit needs a module with a classifier, got {type(net).__name__}")
+    # The state dict may be a wrapper's (DataParallel, torch.compile) around the same module.
+    prefix = next(
+        (
+            f"{wrap}{prefix}"
+            for wrap in ("", "module.", "_orig_mod.")
+            if any(k.startswith(wrap + prefix) for k in state_dict)
+        ),
+        prefix,
+    )
     groups = getattr(classifier, "groups_in", None)
     if callable(groups):
         saved, now = groups(state_dict, prefix), list(cast(Any, classifier).group_sizes)
@@ -177,9 +193,33 @@ def grow_to_fit(net: nn.Module, state_dict: Mapping[str, Tensor]) -> int:
                 f"the state dict's classifier has {weight.shape[0]} classes, fewer than the model's {current}"
             )
         targets = [int(weight.shape[0])]
+    _check_fits(classifier, targets, state_dict, prefix)
     for target in targets:
         grow_classifier(net, target)
     return int(getattr(_classifier(net), "out_features", targets[-1] if targets else 0))
+
+
+def _check_fits(classifier: nn.Module, targets: list[int], state_dict: Mapping[str, Tensor], prefix: str) -> None:
+    """Refuse, before the growth, a state dict whose classifier entries a classifier grown so would not load."""
+    probe = copy.deepcopy(classifier).to("meta")  # shapes only: no memory, no random numbers drawn
+    for target in targets:
+        grow = getattr(probe, "grow_classes", None)
+        if callable(grow):
+            grow(target)
+        elif isinstance(probe, nn.Linear):
+            probe = nn.Linear(probe.in_features, target, bias=probe.bias is not None, device="meta")
+    want = {key: tuple(value.shape) for key, value in probe.state_dict().items()}
+    saved = {
+        key[len(prefix) :]: tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+        for key, value in state_dict.items()
+        if key.startswith(prefix)
+    }
+    if saved != want:
+        differ = sorted(k for k in set(want) | set(saved) if want.get(k) != saved.get(k))
+        shown = ", ".join(
+            f"{prefix}{k}: saved {saved.get(k, 'missing')}, grown {want.get(k, 'missing')}" for k in differ[:4]
+        )
+        raise ValueError(f"the state dict's classifier is not this classifier grown: {shown}")
 
 
 def _check_optimizer(optimizer: object) -> None:

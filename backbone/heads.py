@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from ._checks import check_bool, check_int
-from ._growing import check_state, group_holding, grow_param
+from ._growing import check_optimizer_for, check_state, grow_param, join_groups
 
 __all__ = ["CosineClassifier", "MultiHeadClassifier", "SplitCosineClassifier"]
 
@@ -149,7 +149,13 @@ class CosineClassifier(nn.Module):
         old = self.out_features
         if check_int(num_classes, "num_classes") < old:
             raise ValueError(f"num_classes must be at least the current {old} (growing only), got {num_classes}")
+        if "weight" not in self._parameters:
+            raise TypeError(
+                "CosineClassifier can grow only a weight that is a parameter, got one computed by a "
+                "parametrization or hook; grow the tensors it is computed from yourself"
+            )
         if optimizer is not None:
+            check_optimizer_for(optimizer, list(self.parameters()), "classifier")
             check_state(optimizer, self.weight, "weight")
         if num_classes > old:
             grow_param(self.weight, _cosine_rows(num_classes, self.in_features, self.weight), optimizer)
@@ -183,10 +189,10 @@ class _Grouped(nn.Module):
             total += size
         return starts
 
-    def _group_params(self) -> list[nn.Parameter]:
-        raise NotImplementedError
-
-    def _add_group(self, size: int, init: Callable[[nn.Linear], None] | None) -> list[nn.Parameter]:
+    def _add_group(
+        self, size: int, init: Callable[[nn.Linear], None] | None
+    ) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        """Append a group of ``size`` classes; return each new parameter with its counterpart in the last group."""
         raise NotImplementedError
 
     def grow_classes(
@@ -199,9 +205,13 @@ class _Grouped(nn.Module):
         """Add one group (task) with the classes from the current number up to ``num_classes``.
 
         :func:`~backbone.grow_classifier` calls this. The old groups keep
-        their Parameter objects and values; the new group's parameters join
-        ``optimizer`` (if given) in a new param group with the settings of
-        the group that trains the last group.
+        their Parameter objects and values; each new parameter joins
+        ``optimizer`` (if given) in a new param group with a copy of the
+        settings of the group that trains its counterpart in the last group
+        (a new head's weight as the last head's weight, its bias as that
+        bias), so that weights and biases with different weight decay keep
+        it. LBFGS, whose state is one history over all parameters, is
+        refused.
 
         Args:
             num_classes: the new number of classes, at least the current
@@ -212,8 +222,10 @@ class _Grouped(nn.Module):
                 ``init_classifier``); torch's default when None.
 
         Raises:
+            TypeError: ``optimizer`` is an LBFGS.
             ValueError: ``num_classes`` is smaller than the current number,
-                or ``optimizer`` trains none of the head's parameters.
+                the head has no group, or ``optimizer`` trains none of the
+                head's parameters.
 
         Example:
             >>> import torch
@@ -227,12 +239,15 @@ class _Grouped(nn.Module):
         old = self.out_features
         if check_int(num_classes, "num_classes") < old:
             raise ValueError(f"num_classes must be at least the current {old} (growing only), got {num_classes}")
+        if not self.group_sizes:
+            raise ValueError(f"{type(self).__name__} has no group left to grow from; expected at least one")
         if num_classes == old:
             return
-        settings = None if optimizer is None else group_holding(optimizer, self._group_params()[-1:], "head")
-        params = self._add_group(num_classes - old, init)
         if optimizer is not None:
-            optimizer.add_param_group({"params": params, **(settings or {})})
+            check_optimizer_for(optimizer, list(self.parameters()), "head")
+        pairs = self._add_group(num_classes - old, init)
+        if optimizer is not None:
+            join_groups(optimizer, pairs)
 
     def groups_in(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> list[int]:
         """The group sizes a state dict of this kind of head holds (keys under ``prefix``).
@@ -259,6 +274,9 @@ class _Grouped(nn.Module):
             # SplitCosine keeps "weights.{i}", MultiHead "heads.{i}.weight".
             in_group = len(rest) >= 2 and rest[0] == self._group_key and rest[1].isdigit()
             if in_group and rest[2:] in ([], ["weight"]):
+                if not isinstance(value, Tensor) or value.dim() != 2:
+                    got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                    raise ValueError(f"the state dict's {key!r} must be a [classes, features] tensor, got {got}")
                 sizes[int(rest[1])] = int(value.shape[0])
         if sorted(sizes) != list(range(len(sizes))) or not sizes:
             raise ValueError(f"the state dict holds no groups {prefix}{self._group_key}.0, .1, ... of this head")
@@ -324,13 +342,13 @@ class SplitCosineClassifier(_Grouped):
         """Return ``scale * cos(x, w_c)`` for every class, groups in order: ``[B, out_features]``."""
         return _cosine(x, torch.cat(list(self.weights)), self.scale)
 
-    def _group_params(self) -> list[nn.Parameter]:
-        return list(self.weights)
-
-    def _add_group(self, size: int, init: Callable[[nn.Linear], None] | None) -> list[nn.Parameter]:
-        new = nn.Parameter(_cosine_rows(size, self.in_features, self.weights[-1]))
+    def _add_group(
+        self, size: int, init: Callable[[nn.Linear], None] | None
+    ) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        last = self.weights[-1]
+        new = nn.Parameter(_cosine_rows(size, self.in_features, last))
         self.weights.append(new)
-        return [new]
+        return [(new, last)]
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, group_sizes={self.group_sizes}"
@@ -405,6 +423,8 @@ class MultiHeadClassifier(_Grouped):
         """
         if not isinstance(logits, Tensor):
             raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+        if not logits.is_floating_point():
+            raise TypeError(f"logits must be floating point (-inf marks the other tasks), got {logits.dtype}")
         if logits.dim() != 2 or logits.shape[1] != self.out_features:
             raise ValueError(f"logits must be [B, {self.out_features}], got shape {tuple(logits.shape)}")
         tasks = len(self.heads)
@@ -413,6 +433,8 @@ class MultiHeadClassifier(_Grouped):
                 raise TypeError(f"task must hold integer task indices, got {task.dtype}")
             if task.shape != (logits.shape[0],):
                 raise ValueError(f"task must be one index per sample, [{logits.shape[0]}], got {tuple(task.shape)}")
+            if task.device.type == "meta":
+                raise ValueError("task is on the meta device and holds no indices; expected a tensor with data")
             if task.numel() and (int(task.min()) < 0 or int(task.max()) >= tasks):
                 raise ValueError(f"task indices must be from 0 to {tasks - 1}, got {task.tolist()}")
             task_ids = task.to(logits.device)
@@ -426,16 +448,18 @@ class MultiHeadClassifier(_Grouped):
         keep = class_task.unsqueeze(0) == task_ids.unsqueeze(1)
         return logits.masked_fill(~keep, float("-inf"))
 
-    def _group_params(self) -> list[nn.Parameter]:
-        return list(self.heads[-1].parameters())
-
-    def _add_group(self, size: int, init: Callable[[nn.Linear], None] | None) -> list[nn.Parameter]:
-        weight = self.heads[-1].weight
-        head = nn.Linear(self.in_features, size, bias=self.bias, device=weight.device, dtype=weight.dtype)
+    def _add_group(
+        self, size: int, init: Callable[[nn.Linear], None] | None
+    ) -> list[tuple[nn.Parameter, nn.Parameter]]:
+        last = cast(nn.Linear, self.heads[-1])
+        head = nn.Linear(self.in_features, size, bias=self.bias, device=last.weight.device, dtype=last.weight.dtype)
         if init is not None:
             init(head)
         self.heads.append(head)
-        return list(head.parameters())
+        pairs = [(head.weight, last.weight)]
+        if head.bias is not None and last.bias is not None:
+            pairs.append((head.bias, last.bias))
+        return cast(list[tuple[nn.Parameter, nn.Parameter]], pairs)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, group_sizes={self.group_sizes}, bias={self.bias}"

@@ -371,3 +371,139 @@ def test_growth_while_a_graph_from_before_is_alive_leaves_the_next_backward_work
     assert all(p.grad is None or p.grad.shape == p.shape for p in net.parameters())
     assert net.classifier.weight.grad is not None if kind in ("linear", "cosine") else True
     del held
+
+
+# --- found by red-teaming ------------------------------------------------------------------------------------------
+
+
+def snapshot(net: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], int]:
+    return copy.deepcopy(net.state_dict()), len(opt.param_groups)
+
+
+def unchanged(net: nn.Module, opt: torch.optim.Optimizer, before: tuple[dict[str, Tensor], int]) -> bool:
+    state, groups = before
+    now = net.state_dict()
+    return (
+        list(now) == list(state)
+        and all(torch.equal(now[k], v) for k, v in state.items())
+        and len(opt.param_groups) == groups
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lbfgs_and_an_optimizer_of_another_model_are_refused_before_the_growth(kind: str) -> None:
+    net = make(kind)
+    lbfgs = torch.optim.LBFGS(net.parameters())
+    before = snapshot(net, lbfgs)
+    with pytest.raises(TypeError, match="LBFGS"):
+        grow_classifier(net, 5, optimizer=lbfgs)
+    assert unchanged(net, lbfgs, before)
+    other = torch.optim.Adam(make(kind).parameters())
+    before = snapshot(net, other)
+    with pytest.raises(ValueError, match="holds none of the"):
+        grow_classifier(net, 5, optimizer=other)
+    assert unchanged(net, other, before)
+
+
+def test_a_new_heads_weight_and_bias_join_the_groups_of_the_last_heads_weight_and_bias() -> None:
+    net = make("multi-head")
+    decayed = [p for n, p in net.named_parameters() if n.endswith("weight")]
+    plain = [p for n, p in net.named_parameters() if n.endswith("bias")]
+    lr = torch.tensor(0.1)
+    opt = torch.optim.SGD([{"params": decayed, "weight_decay": 0.1}, {"params": plain, "weight_decay": 0.0}], lr=lr)
+    grow_classifier(net, 5, optimizer=opt)
+    new_head = net.classifier.heads[1]
+    group_of = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert group_of[id(new_head.weight)]["weight_decay"] == 0.1
+    assert group_of[id(new_head.bias)]["weight_decay"] == 0.0
+    # Tensor settings are copied, so a scheduler that slows the old groups in place leaves the new ones alone.
+    opt.param_groups[0]["lr"].fill_(0.0)
+    assert float(group_of[id(new_head.weight)]["lr"]) == pytest.approx(0.1)
+
+
+def test_an_optimizer_holding_part_of_the_head_still_carries_it() -> None:
+    net = make("multi-head")
+    opt = torch.optim.SGD([net.classifier.heads[0].weight], lr=0.1)
+    grow_classifier(net, 5, optimizer=opt)
+    held = {id(p) for g in opt.param_groups for p in g["params"]}
+    assert id(net.classifier.heads[1].weight) in held and id(net.classifier.heads[1].bias) in held
+
+
+@pytest.mark.parametrize("kind", ["split-cosine", "multi-head"])
+def test_a_grouped_head_with_no_group_is_refused_clearly(kind: str) -> None:
+    net = make(kind)
+    if kind == "multi-head":
+        net.classifier.heads = nn.ModuleList()
+    else:
+        net.classifier.weights = nn.ParameterList()
+    with pytest.raises(ValueError, match="no group left"):
+        grow_classifier(net, 3)
+
+
+def test_a_cosine_head_with_a_computed_weight_is_refused_not_grown_silently() -> None:
+    net = make("cosine")
+    nn.utils.parametrizations.weight_norm(net.classifier)
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(TypeError, match="parametrization"):
+        grow_classifier(net, 5)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("saved_kind", "fresh_kind"), [("linear", "cosine"), ("multi-head", "split-cosine"), ("cosine", "multi-head")]
+)
+def test_grow_to_fit_refuses_another_kind_of_head_and_changes_nothing(saved_kind: str, fresh_kind: str) -> None:
+    saved = make(saved_kind)
+    grow_classifier(saved, 7)
+    fresh = make(fresh_kind)
+    before = copy.deepcopy(fresh.state_dict())
+    with pytest.raises(ValueError):
+        grow_to_fit(fresh, saved.state_dict())
+    assert list(fresh.state_dict()) == list(before)
+
+
+def test_grow_to_fit_refuses_other_feature_widths_bias_settings_and_malformed_entries() -> None:
+    cases = [
+        ("cosine", {"classifier.weight": torch.zeros(7, 4), "classifier.scale": torch.ones(1)}),
+        (
+            "multi-head",
+            {"classifier.heads.0.weight": torch.zeros(3, 5), "classifier.heads.1.weight": torch.zeros(2, 5)},
+        ),
+        ("multi-head", {"classifier.heads.0.weight": 1.0}),
+        ("split-cosine", {"classifier.weights.0": torch.zeros(())}),
+    ]
+    for kind, state in cases:
+        net = make(kind)
+        before = copy.deepcopy(net.state_dict())
+        with pytest.raises(ValueError):
+            grow_to_fit(net, state)  # type: ignore[arg-type]
+        assert list(net.state_dict()) == list(before), kind
+
+
+def test_growth_and_grow_to_fit_look_through_data_parallel() -> None:
+    trained = make("multi-head")
+    grow_classifier(nn.DataParallel(trained), 5)
+    assert trained.classifier.group_sizes == [3, 2]
+    fresh = make("multi-head", seed=4)
+    wrapped_state = nn.DataParallel(trained).state_dict()  # keys start with 'module.'
+    assert grow_to_fit(nn.DataParallel(fresh), wrapped_state) == 5
+    fresh.load_state_dict(trained.state_dict())
+    x, _ = batch()
+    assert torch.equal(fresh(x), trained(x))
+
+
+def test_a_linear_head_grown_inside_autocast_gives_the_grown_logits() -> None:
+    net = make("linear").float()
+    x = batch()[0].float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        net(x)  # autocast keeps a low-precision copy of the weight for the region
+        grow_classifier(net, 5)
+        assert net(x).shape == (7, 5)
+
+
+def test_mask_refuses_integer_logits_and_meta_tasks() -> None:
+    head = MultiHeadClassifier(4, [2, 3])
+    with pytest.raises(TypeError, match="floating point"):
+        head.mask(torch.zeros(2, 5, dtype=torch.long), 0)
+    with pytest.raises(ValueError, match="meta"):
+        head.mask(torch.zeros(2, 5), torch.zeros(2, dtype=torch.long, device="meta"))
