@@ -124,8 +124,16 @@ def per_sample_grads(
         out = _call(module, slots, {**fixed, **differentiated}, x)
         return _scalar(loss_fn(out, y.unsqueeze(0)))
 
-    chunks = _rows(module, names, params, example_loss, inputs, targets, chunk_size, with_aux=False)
-    return torch.cat([rows for rows, _ in chunks])
+    rows = torch.zeros(inputs.shape[0], sum(p.numel() for p in params), dtype=_dtype(params), device=_device(params))
+    start = 0
+    for count, grads, _ in _rows(module, names, params, example_loss, inputs, targets, chunk_size, with_aux=False):
+        offset = 0
+        for name, p in zip(names, params, strict=True):
+            if name in grads:
+                rows[start : start + count, offset : offset + p.numel()] = grads[name].reshape(count, -1)
+            offset += p.numel()
+        start += count
+    return rows
 
 
 def fisher_diagonal(
@@ -259,17 +267,19 @@ def fisher_diagonal(
         if [p.shape for p in now] != shapes:
             raise ValueError("the selected parameters changed shape while the loader ran; expected a fixed model")
         targets = targets.long()
-        for rows, log_p in _rows(module, names, params, log_likelihood, inputs, targets, chunk_size, with_aux=True):
-            if weight_by_probability and log_p is not None:
-                weights = log_p.exp().to(rows.dtype)
-            else:
-                weights = torch.ones(rows.shape[0], dtype=rows.dtype, device=rows.device)
-            rows = rows.to(fisher.device)
-            weighted = rows * weights.to(fisher.device).unsqueeze(1)
-            if rows.shape[0] == 1:  # in place: no squared copy of the row
-                fisher.addcmul_(weighted[0], rows[0])
-            else:
-                fisher.add_((weighted * rows).sum(0))
+        chunks = _rows(module, names, params, log_likelihood, inputs, targets, chunk_size, with_aux=True)
+        for count, grads, log_p in chunks:
+            weights = cast(Tensor, log_p).exp() if weight_by_probability else torch.ones(count, device=fisher.device)
+            offset = 0
+            for name, p in zip(names, params, strict=True):
+                if name in grads:  # each parameter's part of the sum in place, with no row of the whole model
+                    g = grads[name].reshape(count, -1).to(device=fisher.device, dtype=fisher.dtype)
+                    part = fisher[offset : offset + p.numel()]
+                    if count == 1:
+                        part.addcmul_(g[0], g[0], value=float(weights[0]))
+                    else:
+                        part.addmv_(g.square().T, weights.to(device=g.device, dtype=g.dtype))
+                offset += p.numel()
         seen += inputs.shape[0]
     if seen == 0:
         raise ValueError("loader yielded no example; expected at least one batch")
@@ -327,19 +337,17 @@ def _rows(
     chunk_size: int | None,
     *,
     with_aux: bool,
-) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """Each example's gradient over ``params`` as a row (zeros for those without requires_grad), and the aux.
+) -> Iterator[tuple[int, dict[str, Tensor], Tensor | None]]:
+    """Each example's gradients, a chunk of examples at a time: ``(examples, {name: [examples, *shape]}, aux)``.
 
-    The rows come a chunk at a time, ``[examples, elements]``: ``chunk_size`` examples where the batch is
-    vectorised, one where the examples are taken one by one, so that a caller that only sums them (the
-    Fisher) never holds the whole batch's.
+    Only parameters that require a gradient have an entry. A chunk is ``chunk_size`` examples where the
+    batch is vectorised, one where the examples are taken one by one, so that a caller that only sums
+    them (the Fisher) never holds the whole batch's gradients.
     """
     differentiated = {name: p.detach() for name, p in zip(names, params, strict=True) if p.requires_grad}
     # Every other parameter enters as a constant, under its flat-order name; buffers are the module's own.
     every_names, every_params = walk(module)
     fixed = {name: p.detach() for name, p in zip(every_names, every_params, strict=True) if name not in differentiated}
-    dtype, device = _dtype(params), _device(params)
-    total = sum(p.numel() for p in params)
     # Nothing to differentiate: the rows are zeros, but the model and the loss still run.
     one = grad(example_fn, argnums=2, has_aux=with_aux) if differentiated else example_fn
     if _vectorises_well(module):
@@ -360,15 +368,8 @@ def _rows(
                     f"the model or the loss failed on one example under torch.func ({how}): {error}"
                 ) from error
             aux = cast(Tensor, result[1]) if with_aux else None
-            rows = torch.zeros(x.shape[0], total, dtype=dtype, device=device)
-            if differentiated:
-                grads = cast(dict[str, Tensor], result[0] if with_aux else result)
-                offset = 0
-                for name, p in zip(names, params, strict=True):
-                    if name in grads:
-                        rows[:, offset : offset + p.numel()] = grads[name].reshape(x.shape[0], -1)
-                    offset += p.numel()
-            yield rows, aux
+            grads = cast(dict[str, Tensor], result[0] if with_aux else result) if differentiated else {}
+            yield x.shape[0], grads, aux
 
 
 def _vectorises_well(module: nn.Module) -> bool:
