@@ -597,3 +597,31 @@ def test_an_unknown_name_lists_at_most_three_close_matches() -> None:
     assert str(info.value) == (
         "select names 'ab', which Module has no parameter of; did you mean 'ab4' or 'ab3' or 'ab2'?"
     )
+
+
+class HeadAndAuxiliary(nn.Module):
+    """get_classifier() names ``head``; ``classifier`` is another layer (an auxiliary branch, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(3, 3)
+        self.classifier = nn.Linear(3, 2)
+        self.head = nn.Linear(3, 4)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+
+def test_no_classifier_leaves_out_what_get_classifier_names_not_the_classifier_attribute() -> None:
+    net = HeadAndAuxiliary()
+    names = [n for n, _ in backbone.selected_parameters(net, "no_classifier")]
+    assert names == ["body.weight", "body.bias", "classifier.weight", "classifier.bias"]
+
+
+def test_a_submodule_registered_twice_is_selected_by_either_name() -> None:
+    shared = nn.Linear(2, 2)
+    net = nn.Module()
+    net.first = shared
+    net.second = shared  # the same module under a second name
+    ((name, param),) = backbone.selected_parameters(net, ["second.weight"])
+    assert param is shared.weight and name == "first.weight"
