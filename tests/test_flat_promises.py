@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import backbone
 
@@ -150,3 +150,38 @@ def test_add_grads_rounds_once_from_the_vectors_dtype_as_add_does() -> None:
     v = torch.randn(1000, generator=generator, dtype=torch.float64) / 3
     backbone.add_grads(net, v, alpha=0.3)
     assert torch.equal(net.p.grad, start.clone().add_(v, alpha=0.3))  # not v converted to float32 first
+
+
+def test_a_vector_that_cannot_be_cast_is_refused_naming_the_argument() -> None:
+    net = nn.Linear(2, 1)
+    complex_vector = torch.zeros(3, dtype=torch.complex64)
+    with pytest.raises(TypeError, match=r"^new_params has dtype torch.complex64, which cannot be cast"):
+        backbone.set_params(net, complex_vector)
+    with pytest.raises(TypeError, match=r"^new_grads has dtype torch.complex64, which cannot be cast"):
+        backbone.set_grads(net, complex_vector)
+    with pytest.raises(TypeError, match=r"^vector has dtype torch.complex64, which cannot be cast"):
+        backbone.add_grads(net, complex_vector)
+
+
+def strided_parameter_net() -> tuple[nn.Module, Tensor]:
+    """A module whose one parameter is a transposed view into the first 12 elements of ``memory``."""
+    memory = torch.zeros(40)
+    net = nn.Module()
+    net.w = nn.Parameter(memory[:12].view(4, 3).t())  # [3, 4], strides (1, 3): not contiguous
+    assert not net.w.is_contiguous() and net.w.data_ptr() == memory.data_ptr()
+    return net, memory
+
+
+def test_out_touching_the_last_element_of_a_non_contiguous_parameter_is_refused() -> None:
+    net, memory = strided_parameter_net()
+    with pytest.raises(ValueError, match="overlaps the parameter 'w'"):
+        backbone.get_params(net, out=memory[11:23])
+
+
+def test_out_just_past_a_non_contiguous_parameter_is_accepted() -> None:
+    net, memory = strided_parameter_net()
+    with torch.no_grad():
+        net.w.copy_(torch.arange(12.0).view(3, 4))
+    out = backbone.get_params(net, out=memory[12:24])
+    assert out.data_ptr() == memory[12:].data_ptr()
+    assert torch.equal(out, torch.arange(12.0))
