@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch._utils import _unflatten_dense_tensors
 
-from .layout import Selection, walk
+from .layout import Selection, walk, walk_selected_and_all
 
 __all__ = ["add_grads", "get_grads", "get_grads_list", "get_params", "set_grads", "set_params"]
 
@@ -248,10 +248,9 @@ def _check_apart(out: Tensor, names: list[str], params: list[nn.Parameter], grad
             raise ValueError(f"out must not share memory with the model, but it overlaps the {kind} {names[hit]!r}")
 
 
-def _check_apart_from_all(out: Tensor, module: nn.Module, select: Selection) -> None:
+def _check_apart_from_all(out: Tensor, names: list[str], params: list[nn.Parameter], selected: int) -> None:
     """With a selection, ``out`` must also stay apart from the parameters and gradients it leaves out."""
-    if select is not None:
-        names, params = walk(module)
+    if selected != len(params):
         _check_apart(out, names, params, list(map(_grad, params)))
 
 
@@ -446,11 +445,11 @@ def get_params(module: nn.Module, *, out: Tensor | None = None, select: Selectio
         ...
         TypeError: out must have the result's dtype torch.float32, got torch.int64
     """
-    names, params = walk(module, select)
+    names, params, all_names, all_params = walk_selected_and_all(module, select)
     if out is not None:
         grads = list(map(_grad, params))
         out = _check_out(out, names, params, grads, list(params), "parameter")
-        _check_apart_from_all(out, module, select)
+        _check_apart_from_all(out, all_names, all_params, len(params))
         return _gather(params, list(params), out)
     if not params:
         return torch.empty(0)
@@ -546,14 +545,14 @@ def get_grads(module: nn.Module, *, out: Tensor | None = None, select: Selection
         >>> get_grads(layer)
         tensor([1., 1., 1., 1., 1., 1., 1., 1.])
     """
-    names, params = walk(module, select)
+    names, params, all_names, all_params = walk_selected_and_all(module, select)
     grads = list(map(_grad, params))
     _check_grads(names, params, grads)
     if out is None:
         _check_readable(names, grads, _result_device(params), "the gradient of parameter")
     else:
         out = _check_out(out, names, params, grads, grads, "the gradient of parameter")
-        _check_apart_from_all(out, module, select)
+        _check_apart_from_all(out, all_names, all_params, len(params))
     return _gather(params, grads, out)
 
 

@@ -267,6 +267,26 @@ def walk(module: object, select: Selection = None) -> tuple[list[str], list[nn.P
         >>> [tuple(p.shape) for p in params]
         [(2, 3), (2,), (1, 2), (1,)]
     """
+    names, params, _, _ = walk_selected_and_all(module, select)
+    return names, params
+
+
+def walk_selected_and_all(
+    module: object, select: Selection = None
+) -> tuple[list[str], list[nn.Parameter], list[str], list[nn.Parameter]]:
+    """What :func:`walk` gives, then every parameter's name and the parameter, from the same one walk.
+
+    For the operations that must look at the parameters a selection leaves
+    out too (an ``out=`` vector may overlap none of the model's tensors).
+    Without a selection the two pairs are the same lists.
+
+    Example:
+        >>> from torch import nn
+        >>> from backbone.layout import walk_selected_and_all
+        >>> names, _, all_names, _ = walk_selected_and_all(nn.Linear(3, 2), ["bias"])
+        >>> names, all_names
+        (['bias'], ['weight', 'bias'])
+    """
     module = check_module(module)
     found = _walk_slots(module)
     names, params = found if found is not None else _walk_named(module)
@@ -292,14 +312,19 @@ def walk(module: object, select: Selection = None) -> tuple[list[str], list[nn.P
             "flat vectors cover dense parameters only"
         )
     if select is None or (isinstance(select, str) and select == "all"):
-        return names, params
+        return names, params, names, params
     keep = _keep(module, names, params, select)
     if not any(keep):
         raise ValueError(
             f"select={_describe(select)} picks no parameter of {type(module).__name__}; "
             "expected a selection of at least one parameter"
         )
-    return [n for n, k in zip(names, keep, strict=True) if k], [p for p, k in zip(params, keep, strict=True) if k]
+    return (
+        [n for n, k in zip(names, keep, strict=True) if k],
+        [p for p, k in zip(params, keep, strict=True) if k],
+        names,
+        params,
+    )
 
 
 _layout = operator.attrgetter("layout")
@@ -341,7 +366,7 @@ def _walk_slots(module: nn.Module) -> tuple[list[str], list[nn.Parameter]] | Non
     names: list[str] = []
     params: list[nn.Parameter] = []
     seen_modules: set[nn.Module] = set()
-    seen_params: set[nn.Parameter] = set()
+    seen_params: set[int] = set()  # ids: a tensor's __hash__ is a Python call
     # Depth first with a stack rather than recursion, so that no nesting is
     # too deep; a module is looked at when it is taken off the stack, which
     # visits them in the order the recursive walk does.
@@ -360,8 +385,8 @@ def _walk_slots(module: nn.Module) -> tuple[list[str], list[nn.Parameter]] | Non
         seen_modules.add(m)
         dot = prefix + "." if prefix else ""
         for key, p in m._parameters.items():
-            if p is not None and p not in seen_params:
-                seen_params.add(p)
+            if p is not None and id(p) not in seen_params:
+                seen_params.add(id(p))
                 names.append(dot + key)
                 params.append(p)
         stack.extend((child, dot + key) for key, child in list(m._modules.items())[::-1] if child is not None)
