@@ -283,13 +283,12 @@ def _first_overlap(vector: Tensor, tensors: Sequence[Tensor | None]) -> int | No
     if vector.numel() == 0 or vector.device.type == "meta":
         return None
     low, high = _span(vector)
-    indices, present = [], []
-    for i, t in enumerate(tensors):
-        if t is not None:
-            # A sparse tensor's memory is that of its values and indices.
-            for part in (t,) if t.layout == torch.strided else _sparse_parts(t):
-                indices.append(i)
-                present.append(part)
+    indices = list(itertools.compress(range(len(tensors)), map(operator.is_not, tensors, itertools.repeat(None))))
+    present = [cast(Tensor, tensors[i]) for i in indices]
+    if not set(map(_layout, present)) <= {torch.strided}:
+        # A sparse tensor's memory is that of its values and indices.
+        pairs = [(i, part) for i, t in zip(indices, present, strict=True) for part in _memory_parts(t)]
+        indices, present = [i for i, _ in pairs], [part for _, part in pairs]
     # A first pass in C loops: a tensor that starts at or after the vector's
     # end cannot reach it (strides are never negative), nor can a contiguous
     # one that ends at or before its start.
@@ -302,7 +301,10 @@ def _first_overlap(vector: Tensor, tensors: Sequence[Tensor | None]) -> int | No
     return None
 
 
-def _sparse_parts(t: Tensor) -> tuple[Tensor, ...]:
+def _memory_parts(t: Tensor) -> tuple[Tensor, ...]:
+    """The dense tensors whose memory ``t`` reads: itself, or a sparse tensor's values and indices."""
+    if t.layout == torch.strided:
+        return (t,)
     if t.layout == torch.sparse_coo:
         return (t._values(), t._indices())
     if t.layout in (torch.sparse_csr, torch.sparse_bsr):

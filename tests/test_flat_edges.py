@@ -207,6 +207,17 @@ def test_out_over_a_sparse_gradients_values_is_refused() -> None:
     assert torch.equal(values, before)
 
 
+def test_out_over_a_sparse_gradients_indices_is_refused() -> None:
+    # The indices are memory of the gradient too: a float view of them is refused as out=.
+    layer = nn.Linear(2, 2, bias=False)
+    layer.weight.grad = torch.eye(2).to_sparse()
+    indices = layer.weight.grad._indices()
+    before = indices.clone()
+    with pytest.raises(ValueError, match="overlaps the gradient of parameter 'weight'"):
+        backbone.get_params(layer, out=indices.view(torch.float32).view(-1)[:4])
+    assert torch.equal(indices, before)
+
+
 def test_add_grads_into_integer_gradients_takes_an_int_alpha_and_refuses_a_float_one() -> None:
     m = nn.Module()
     m.a = nn.Parameter(torch.zeros(2))
