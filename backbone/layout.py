@@ -371,13 +371,16 @@ def _walk_slots(module: nn.Module) -> tuple[list[str], list[nn.Parameter]] | Non
     # too deep; a module is looked at when it is taken off the stack, which
     # visits them in the order the recursive walk does.
     stack = [(module, "")]
+    plain_kinds: set[type] = set()  # classes already found to be modules that walk as torch's do
     while stack:
         m, prefix = stack.pop()
-        if not isinstance(m, nn.Module):
-            raise TypeError(f"submodule {prefix!r} must be a torch.nn.Module, got {type(m).__name__}")
         kind = type(m)
-        if kind.named_modules is not _NAMED_MODULES or kind.__getattribute__ is not _GETATTRIBUTE:
-            return None
+        if kind not in plain_kinds:
+            if not isinstance(m, nn.Module):
+                raise TypeError(f"submodule {prefix!r} must be a torch.nn.Module, got {kind.__name__}")
+            if kind.named_modules is not _NAMED_MODULES or kind.__getattribute__ is not _GETATTRIBUTE:
+                return None
+            plain_kinds.add(kind)
         if "named_modules" in vars(m):
             return None
         if m in seen_modules:
@@ -389,7 +392,9 @@ def _walk_slots(module: nn.Module) -> tuple[list[str], list[nn.Parameter]] | Non
                 seen_params.add(id(p))
                 names.append(dot + key)
                 params.append(p)
-        stack.extend((child, dot + key) for key, child in list(m._modules.items())[::-1] if child is not None)
+        for key, child in reversed(list(m._modules.items())):
+            if child is not None:
+                stack.append((child, dot + key))
     return names, params
 
 
