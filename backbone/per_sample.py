@@ -3,11 +3,13 @@
 :func:`~backbone.per_sample_grads` gives, for a batch, the matrix whose row ``i`` is
 what :func:`~backbone.get_grads` would read after a backward of example
 ``i``'s loss alone (over the selected parameters; zeros for those that do not
-require a gradient), through :mod:`torch.func`: vectorised over the batch
-with ``vmap`` when every layer with parameters is linear, and with one
-``grad`` per example otherwise (``vmap``'s batched backward through
-convolutions and attention is the slower way on a CPU). Either way the rows
-are the same, and nothing of the module changes.
+require a gradient). The module runs with the parameters given as arguments
+(:func:`torch.func.functional_call`): vectorised over the batch with
+``vmap`` of ``torch.func.grad`` when every layer with parameters is linear,
+and otherwise one example at a time with plain autograd (``vmap``'s batched
+backward through convolutions and attention, and ``torch.func.grad``'s
+per-call cost, make the other ways slower on a CPU). Either way the rows are
+the same, and nothing of the module changes.
 
 :func:`~backbone.fisher_diagonal` sums squared per-example gradients of
 ``log p(y | x)`` over a data loader: the empirical Fisher, or, weighted by
@@ -28,9 +30,9 @@ were, and they are put back.
 
 The gradient is the loss's with respect to the parameters *as the forward
 uses them*: a ``loss_fn`` that reads the module's parameters itself (an L2
-pull towards an anchor) sees them as constants. Modules that
-:mod:`torch.func` cannot run one example at a time (recurrent layers, sparse
-embeddings) are refused with a :class:`ValueError` naming torch's reason.
+pull towards an anchor) sees them as constants, and hooks registered on the
+parameter tensors do not run. A model or loss that fails on one example is a
+:class:`ValueError` naming torch's reason.
 """
 
 from __future__ import annotations
@@ -348,14 +350,14 @@ def _rows(
     # Every other parameter enters as a constant, under its flat-order name; buffers are the module's own.
     every_names, every_params = walk(module)
     fixed = {name: p.detach() for name, p in zip(every_names, every_params, strict=True) if name not in differentiated}
-    # Nothing to differentiate: the rows are zeros, but the model and the loss still run.
-    one = grad(example_fn, argnums=2, has_aux=with_aux) if differentiated else example_fn
     if _vectorises_well(module):
-        how, step = "vmap of grad", chunk_size or inputs.shape[0]
+        # Nothing to differentiate: the rows are zeros, but the model and the loss still run.
+        one = grad(example_fn, argnums=2, has_aux=with_aux) if differentiated else example_fn
+        how, step = "vmap of torch.func.grad", chunk_size or inputs.shape[0]
         by_example = vmap(one, in_dims=(0, 0, None, None), randomness="different")
     else:
-        how, step = "grad, one example at a time", 1
-        by_example = functools.partial(_one_by_one, one)
+        how, step = "plain autograd, one example at a time", 1
+        by_example = functools.partial(_one_by_one, example_fn, with_aux)
     with warnings.catch_warnings(), _left_as_it_was(module):
         # torch.func runs attention without a batching rule one example at a time, and says so on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
@@ -363,10 +365,8 @@ def _rows(
             x, y = inputs[start : start + step], targets[start : start + step]
             try:
                 result = by_example(x, y, differentiated, fixed)
-            except RuntimeError as error:
-                raise ValueError(
-                    f"the model or the loss failed on one example under torch.func ({how}): {error}"
-                ) from error
+            except (RuntimeError, IndexError) as error:  # torch raises IndexError for a class out of range
+                raise ValueError(f"the model or the loss failed on one example ({how}): {error}") from error
             aux = cast(Tensor, result[1]) if with_aux else None
             grads = cast(dict[str, Tensor], result[0] if with_aux else result) if differentiated else {}
             yield x.shape[0], grads, aux
@@ -383,10 +383,38 @@ def _vectorises_well(module: nn.Module) -> bool:
     return all(isinstance(m, nn.Linear) for m in module.modules() if any(True for _ in m.parameters(recurse=False)))
 
 
-def _one_by_one(one: Callable[..., Any], inputs: Tensor, targets: Tensor, *fixed_args: Any) -> Any:
-    """What ``vmap(one)`` returns, computed one example at a time: results stacked along a new first dimension."""
-    results = [one(x, y, *fixed_args) for x, y in zip(inputs, targets, strict=True)]
-    return torch.utils._pytree.tree_map(lambda *ts: torch.stack(ts), *results)
+def _one_by_one(
+    example_fn: Callable[..., Any],
+    with_aux: bool,
+    inputs: Tensor,
+    targets: Tensor,
+    differentiated: dict[str, Tensor],
+    fixed: dict[str, Tensor],
+) -> Any:
+    """What ``vmap(grad(example_fn))`` returns for a chunk of one example, computed with plain autograd.
+
+    The parameters enter as fresh leaves (detached from the module's own, so
+    hooks on those do not run, as under ``torch.func``), and a parameter the
+    loss does not reach gets zeros, as ``torch.func.grad`` gives. torch.func's
+    transform costs more per example than the forward and backward of a small
+    convolution or attention layer on the CPU; plain autograd does not.
+    """
+    (x,), (y,) = inputs, targets
+    leaves = {name: t.detach().requires_grad_() for name, t in differentiated.items()}
+    with torch.enable_grad():
+        out = example_fn(x, y, leaves, fixed)
+        loss = out[0] if with_aux else out
+        found = (
+            torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            if leaves and loss.requires_grad
+            else (None,) * len(leaves)
+        )
+    # A sparse embedding's gradient reads as its dense value, as get_grads reads a sparse .grad.
+    grads = {
+        name: (torch.zeros_like(leaf) if g is None else g if g.layout == torch.strided else g.to_dense()).unsqueeze(0)
+        for (name, leaf), g in zip(leaves.items(), found, strict=True)
+    }
+    return (grads, out[1].detach().unsqueeze(0)) if with_aux else grads
 
 
 def _scalar(loss: object) -> Tensor:

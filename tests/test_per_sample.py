@@ -296,11 +296,15 @@ def test_fisher_refuses_bad_arguments(loader: object, kwargs: dict, error: type[
     assert torch.equal(backbone.get_params(net), before) and all(p.grad is None for p in net.parameters())
 
 
-def test_a_failure_of_the_model_under_torch_func_is_a_value_error_naming_the_cause() -> None:
-    net = backbone.MNISTMLP(4, 3, hidden_size=5)
-    with pytest.raises(ValueError, match=r"the model or the loss failed on one example under torch\.func") as info:
-        fisher_diagonal(net, [(torch.randn(2, 4), torch.tensor([0, 7]))])  # class 7 of 3
-    assert "out of bounds" in str(info.value)
+@pytest.mark.parametrize("name", ["mnistmlp", "resnet18"])  # vectorised, then one example at a time
+def test_a_failure_of_the_model_is_a_value_error_naming_the_cause(name: str) -> None:
+    make, shape = NETS[name]
+    net = make()
+    x = torch.randn(2, *shape[1:])
+    with pytest.raises(ValueError, match=r"the model or the loss failed on one example \(.*\): .*out of bounds"):
+        fisher_diagonal(net, [(x, torch.tensor([0, 7]))])  # class 7 of 3
+    with pytest.raises(ValueError, match=r"the model or the loss failed on one example \(.*\): .*out of bounds"):
+        per_sample_grads(net, F.cross_entropy, x, torch.tensor([0, 7]))
     assert all(p.grad is None for p in net.parameters())
 
 
@@ -458,3 +462,72 @@ def test_the_vectorised_and_the_one_by_one_ways_give_the_rows_of_the_loop() -> N
     fisher_a = fisher_diagonal(with_conv, [(x, y)])
     fisher_b = fisher_diagonal(mlp, [(x, y)])
     torch.testing.assert_close(fisher_a[:-2], fisher_b, rtol=1e-5, atol=1e-9)
+
+
+class Recurrent(nn.Module):
+    """A sparse embedding, an LSTM and a linear head: taken one example at a time."""
+
+    def __init__(self, sparse: bool) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(10, 4, sparse=sparse)
+        self.lstm = nn.LSTM(4, 5, batch_first=True)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.lstm(self.embedding(x))[0][:, -1])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_recurrent_layers_and_sparse_embeddings_give_the_rows_of_the_loop(sparse: bool) -> None:
+    # A sparse embedding's gradient reads as its dense value, as get_grads reads a sparse .grad.
+    torch.manual_seed(0)
+    net = Recurrent(sparse).eval()
+    x, y = torch.randint(0, 10, (5, 6)), torch.randint(0, 3, (5,))
+    rows = per_sample_grads(net, F.cross_entropy, x, y)
+    expected = []
+    for i in range(5):
+        net.zero_grad(set_to_none=True)
+        F.cross_entropy(net(x[i : i + 1]), y[i : i + 1]).backward()
+        expected.append(backbone.get_grads(net))
+    net.zero_grad(set_to_none=True)
+    assert_rows_close(rows, torch.stack(expected))
+    empirical = fisher_diagonal(net, [(x, y)], weight_by_probability=False)
+    torch.testing.assert_close(empirical, torch.stack(expected).square().mean(0), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mnistmlp", "resnet18"])  # vectorised, then one example at a time
+def test_hooks_on_the_parameter_tensors_do_not_run_and_do_not_change_the_rows(name: str) -> None:
+    make, shape = NETS[name]
+    torch.manual_seed(0)
+    net = make()
+    x, y = torch.randn(*shape), torch.randint(0, 3, (shape[0],))
+    expected = loop_rows(net, F.cross_entropy, x, y)
+    calls = []
+    handles = [p.register_hook(lambda g: calls.append(1) or g * 0) for p in net.parameters()]
+    rows = per_sample_grads(net, F.cross_entropy, x, y)
+    fisher = fisher_diagonal(net, [(x, y)], weight_by_probability=False)
+    for handle in handles:
+        handle.remove()
+    assert calls == []
+    assert_rows_close(rows, expected)
+    torch.testing.assert_close(fisher, expected.square().mean(0), rtol=1e-5, atol=1e-9)
+
+
+class Detached(nn.Module):
+    """A model whose logits do not depend on its parameters (the output is detached)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x).detach().flatten(1)
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(4, 3), nn.Conv1d(1, 3, 4)], ids=["vectorised", "one-by-one"])
+def test_a_loss_that_does_not_reach_the_parameters_gives_zero_rows(layer: nn.Module) -> None:
+    net = Detached(layer)
+    x = torch.randn(3, 4) if isinstance(layer, nn.Linear) else torch.randn(3, 1, 4)
+    rows = per_sample_grads(net, F.cross_entropy, x, torch.tensor([0, 1, 2]))
+    assert rows.shape == (3, 15) and not rows.any()
+    assert not fisher_diagonal(net, [(x, torch.tensor([0, 1, 2]))]).any()
