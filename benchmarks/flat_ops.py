@@ -619,7 +619,8 @@ def save(result: dict[str, Any], rows: list[Row], step_rows: list[StepRow], pref
         writer = csv.writer(f)
         writer.writerow(SUBSET_HEADER)
         writer.writerows(result["subset"])
-    plot(rows, Path(f"{prefix}.png"), f"Flat operations / copy limit: {result['machine']}")
+    if rows:  # --models "" measures the other tables only, and there is nothing to plot
+        plot(rows, Path(f"{prefix}.png"), f"Flat operations / copy limit: {result['machine']}")
 
 
 def headline(result: dict[str, Any]) -> str:
