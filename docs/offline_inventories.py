@@ -49,6 +49,7 @@ TORCH: list[tuple[str, str, str]] = [
     ("torch.autocast", "py:function", "amp.html#$"),
     ("torch.func", "py:module", "func.html#module-$"),
     ("torch.nn.functional.cross_entropy", "py:function", "generated/torch.nn.functional.cross_entropy.html#$"),
+    ("torch.func.functional_call", "py:function", "generated/torch.func.functional_call.html#$"),
     # Type hints name the class where it is defined; the docs use the short name.
     ("torch.nn.Module", "py:class", "generated/torch.nn.Module.html#$"),
     ("torch.nn.modules.module.Module", "py:class", "generated/torch.nn.Module.html#torch.nn.Module"),
