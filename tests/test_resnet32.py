@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from backbone import (
+    CONTRACT_RULES,
     ContractError,
     MammothBackbone,
     ResNet32,
@@ -230,6 +231,16 @@ def test_the_checker_passes_every_rule(num_classes: int, seed: int) -> None:
     results = check_backbone(net, torch.randn(2, 3, 32, 32))
     assert [r.status for r in results] == ["pass"] * len(results)
     assert net.training and not net.return_prerelu
+
+
+def test_the_checker_leaves_pre_activations_on_where_they_were_on() -> None:
+    # The training-mode probe of the ReLU-then-BatchNorm stem switches the taps on and must switch them back
+    # to what they were, on as well as off.
+    torch.manual_seed(0)
+    net = resnet32(10)
+    net.set_return_prerelu(True)
+    assert [r.status for r in check_backbone(net, torch.randn(2, 3, 32, 32))] == ["pass"] * len(CONTRACT_RULES)
+    assert net.return_prerelu and net.training
 
 
 def test_the_checker_passes_on_trained_weights_in_both_modes() -> None:
