@@ -13,14 +13,16 @@ applied; ``AvgPool2d(8)``, then ``classifier``, a Linear from 64.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import functional as F
 
 from backbone import (
     CONTRACT_RULES,
+    MNISTMLP,
     ContractError,
     MammothBackbone,
     ResNet32,
@@ -365,3 +367,43 @@ def test_bad_inputs_are_refused_before_any_statistic_moves(x: Tensor, error: typ
 def test_bad_num_classes(num_classes: object) -> None:
     with pytest.raises(ValueError, match=f"num_classes must be a positive int, got {num_classes!r}"):
         resnet32(num_classes)  # type: ignore[arg-type]
+
+
+class _Delegate(MammothBackbone):
+    """A backbone that keeps its pre-activation switch inside: it has no ``return_prerelu`` attribute."""
+
+    def __init__(self, inner: MammothBackbone) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor, returnt: str = "out") -> Any:
+        return self.inner(x, returnt=returnt)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.inner.forward_features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return self.inner.forward_head(x, pre_logits=pre_logits)
+
+    def get_classifier(self) -> nn.Module:
+        return self.inner.get_classifier()
+
+    def set_return_prerelu(self, enable: bool = True) -> None:
+        self.inner.set_return_prerelu(enable)
+
+
+@pytest.mark.parametrize("which", ["resnet32", "mlp"])
+def test_the_checker_leaves_a_switch_it_cannot_read_off(which: str) -> None:
+    # Without a return_prerelu attribute the checker takes the switch to have been off, and leaves it off
+    # after its probes: the ResNet-32 runs the training-mode one too (for its ReLU-then-BatchNorm stem), the
+    # MLP only the first.
+    torch.manual_seed(0)
+    if which == "resnet32":
+        net, x = _Delegate(resnet32(10)), torch.randn(2, 3, 32, 32)
+    else:
+        net, x = _Delegate(MNISTMLP(6, 3, hidden_size=5)), torch.randn(4, 6)
+    results = check_backbone(net, x)
+    assert {r.status for r in results} <= {"pass", "skip"}
+    assert [r.status for r in results if "set_return_prerelu" in r.rule] == ["pass"]
+    assert not any(getattr(m, "return_prerelu", False) for m in net.inner.modules())
+    assert net.training
