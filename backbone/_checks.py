@@ -9,6 +9,7 @@ what was given, and returns the value it checked.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,27 @@ def check_int(value: object, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     return value
+
+
+def check_real(value: object, name: str) -> int | float:
+    """Return ``value`` as an ``int`` or ``float`` if it is a real number and not a bool, else raise ``TypeError``.
+
+    Any :class:`numbers.Real` is accepted (NumPy scalars included); an integral
+    one comes back as an ``int``, any other as a ``float``.
+
+    Example:
+        >>> import numpy as np
+        >>> from backbone._checks import check_real
+        >>> check_real(np.float32(0.5), "decay"), check_real(np.int64(3), "alpha")
+        (0.5, 3)
+        >>> check_real(True, "decay")
+        Traceback (most recent call last):
+        ...
+        TypeError: decay must be a real number, got bool
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
 
 
 def check_num_classes(num_classes: object, *, at_least: int = 0) -> int:

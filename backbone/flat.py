@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch._utils import _unflatten_dense_tensors
 
+from ._checks import check_real
 from .layout import Selection, walk, walk_selected_and_all
 
 __all__ = ["add_grads", "get_grads", "get_grads_list", "get_params", "set_grads", "set_params"]
@@ -86,8 +87,9 @@ def _check_vector(vector: object, expected: int, name: str) -> Tensor:
     """Raise unless ``vector`` is a dense 1-D tensor with data and one element per parameter element."""
     if not isinstance(vector, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(vector).__name__}")
-    if vector.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {vector.layout}")
+    if vector.layout != torch.strided or vector.is_nested:
+        layout = "a nested tensor" if vector.is_nested else f"layout {vector.layout}"
+        raise TypeError(f"{name} must be a dense (strided) tensor, got {layout}")
     if vector.device.type == "meta":
         raise ValueError(f"{name} must hold data, got a tensor on the meta device")
     if vector.dim() != 1:
@@ -631,9 +633,11 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0, select: 
             bool, or a parameter or existing gradient is not dense.
         ValueError: ``vector`` is not 1-D, has the wrong number of elements or
             is on the meta device; an existing gradient cannot be written or
-            no longer matches its parameter; or ``alpha`` times the vector
-            cannot be added into a gradient's dtype (it overflows it, or the
-            dtypes do not promote).
+            no longer matches its parameter; or ``alpha`` cannot be added
+            into a gradient's dtype (torch refuses it: it overflows that
+            dtype, or the dtypes do not promote). Values are not checked: a
+            sum that overflows a gradient's dtype gives ``inf`` there, as
+            :meth:`torch.Tensor.add_` does.
 
     Example:
         >>> import torch
@@ -645,8 +649,7 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0, select: 
         >>> layer.bias.grad
         tensor([4.0000, 4.5000])
     """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
+    alpha = check_real(alpha, "alpha")
     if isinstance(alpha, int) and not -(2**63) <= alpha < 2**63:
         raise ValueError(f"alpha must fit in 64 bits, got {alpha}")
     _write_grads(module, vector, "vector", alpha, select)

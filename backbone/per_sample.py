@@ -5,8 +5,9 @@ what :func:`~backbone.get_grads` would read after a backward of example
 ``i``'s loss alone (over the selected parameters; zeros for those that do not
 require a gradient). The module runs with the parameters given as arguments
 (:func:`torch.func.functional_call`): vectorised over the batch with
-``vmap`` of ``torch.func.grad`` when every layer with parameters is linear,
-and otherwise one example at a time with plain autograd (``vmap``'s batched
+``vmap`` of ``torch.func.grad`` when every layer with parameters is linear
+and no module has a backward hook (which ``torch.func`` cannot run), and
+otherwise one example at a time with plain autograd (``vmap``'s batched
 backward through convolutions and attention, and ``torch.func.grad``'s
 per-call cost, make the other ways slower on a CPU). Either way the rows are
 the same, and nothing of the module changes.
@@ -18,8 +19,14 @@ the predicted probability of the true label, the quantity Mammoth's
 
 How the module is evaluated: in the mode it is in, with its buffers as they
 are, and nothing is written to it: parameters (the objects and their
-values), gradients, modes, buffer values and tensors a forward keeps as
-attributes (a ResNet's pre-activation taps) are as they were after the call.
+values), gradients, modes, buffers (the objects and their values) and
+whatever a forward sets as an attribute of the module or a submodule (a
+ResNet's pre-activation taps, a counter) are as they were after the call;
+lists, dicts and sets held as attributes get their old items back (a
+forward that appends features to a list leaves it as it was). Objects
+nested deeper are not restored. Inside
+:func:`torch.nn.utils.parametrize.cached`, parametrized weights are computed
+afresh for each example, not taken from the cache.
 Batch normalisation in training mode is refused, naming the layer: its output
 for one example would depend on the others in the batch (and on a batch of
 one, it is undefined). Call ``module.eval()`` first. Dropout in training mode
@@ -49,7 +56,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
-from ._checks import check_module
+from ._checks import check_module, check_real
 from .layout import Selection, walk
 
 __all__ = ["fisher_diagonal", "per_sample_grads"]
@@ -182,8 +189,8 @@ def fisher_diagonal(
         decay: the factor ``into`` is multiplied by first.
 
     Returns:
-        The Fisher (``into`` itself when given), detached, in the
-        parameters' dtype.
+        The Fisher, detached: a new vector in the parameters' dtype, or
+        ``into`` itself (in its own dtype) when given.
 
     Raises:
         TypeError: an argument is of the wrong type, or a batch is not a
@@ -208,8 +215,7 @@ def fisher_diagonal(
         raise TypeError(f"weight_by_probability must be a bool, got {type(weight_by_probability).__name__}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)):
-        raise TypeError(f"decay must be a real number, got {type(decay).__name__}")
+    decay = check_real(decay, "decay")
     try:
         finite = math.isfinite(float(decay))
     except OverflowError:
@@ -307,6 +313,10 @@ def _prepare(
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     if not isinstance(targets, Tensor):
         raise TypeError(f"targets must be a torch.Tensor, got {type(targets).__name__}")
+    for what, t in (("inputs", inputs), ("targets", targets)):
+        if t.layout != torch.strided or t.is_nested:
+            got = "a nested tensor" if t.is_nested else f"layout {t.layout}"
+            raise TypeError(f"{what} must be a dense (strided) tensor, got {got}")
     if inputs.dim() == 0 or targets.dim() == 0:
         raise ValueError("inputs and targets must have a batch dimension, got a scalar")
     if inputs.shape[0] != targets.shape[0]:
@@ -358,7 +368,7 @@ def _rows(
     else:
         how, step = "plain autograd, one example at a time", 1
         by_example = functools.partial(_one_by_one, example_fn, with_aux)
-    with warnings.catch_warnings(), _left_as_it_was(module):
+    with warnings.catch_warnings(), _left_as_it_was(module), _parametrizations_uncached():
         # torch.func runs attention without a batching rule one example at a time, and says so on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
         for start in range(0, inputs.shape[0], step):
@@ -378,9 +388,19 @@ def _vectorises_well(module: nn.Module) -> bool:
     Both ways compute the same rows. ``vmap``'s batched backward through
     convolutions and attention is slower on CPU than one ``grad`` per
     example (measured in ``benchmarks/flat_ops.py``), so those models take
-    the loop.
+    the loop; so do models with backward hooks on modules, which
+    ``torch.func`` cannot run.
     """
+    if _global_backward_hooks() or any(m._backward_hooks or m._backward_pre_hooks for m in module.modules()):
+        return False  # torch.func cannot run a module's backward hooks (their autograd.Function has no setup_context)
     return all(isinstance(m, nn.Linear) for m in module.modules() if any(True for _ in m.parameters(recurse=False)))
+
+
+def _global_backward_hooks() -> bool:
+    """Whether backward hooks registered for every module are present (torch keeps them in private dicts)."""
+    from torch.nn.modules import module as module_py
+
+    return any(getattr(module_py, name, None) for name in ("_global_backward_hooks", "_global_backward_pre_hooks"))
 
 
 def _one_by_one(
@@ -453,27 +473,95 @@ def _call(module: nn.Module, slots: list[tuple[str, str]], values: dict[str, Ten
 
 
 @contextlib.contextmanager
+def _parametrizations_uncached() -> Iterator[None]:
+    """Compute parametrized tensors afresh on each access, even inside ``torch.nn.utils.parametrize.cached()``.
+
+    The cache would hand every example the weight computed from the first
+    example's parameters. It is switched off (torch keeps the switch in a
+    private counter) and back on, its entries untouched.
+    """
+    from torch.nn.utils import parametrize
+
+    enabled = getattr(parametrize, "_cache_enabled", None)
+    if not enabled:
+        yield
+        return
+    parametrize._cache_enabled = 0
+    try:
+        yield
+    finally:
+        parametrize._cache_enabled = enabled
+
+
+_CONTAINERS = (list, dict, set)
+
+
+def _snapshot(value: object) -> object:
+    """A shallow copy of a container (its items, the same objects), or None for anything else."""
+    if isinstance(value, list):
+        return list(value)
+    if isinstance(value, dict):
+        return list(value.items())
+    if isinstance(value, set):
+        return list(value)
+    return None
+
+
+def _same(value: object, saved: object) -> bool:
+    now = _snapshot(value)
+    assert isinstance(now, list) and isinstance(saved, list)
+    if isinstance(value, set):
+        return {id(item) for item in now} == {id(item) for item in saved}
+    return len(now) == len(saved) and all(
+        (a[0] is b[0] and a[1] is b[1]) if isinstance(value, dict) else a is b for a, b in zip(now, saved, strict=True)
+    )
+
+
+def _refill(value: object, saved: list[Any]) -> None:
+    if isinstance(value, list):
+        value[:] = saved
+    elif isinstance(value, (dict, set)):
+        value.clear()
+        value.update(saved)
+
+
+@contextlib.contextmanager
 def _left_as_it_was(module: nn.Module) -> Iterator[None]:
-    """Put back what a forward writes onto the module: tensors kept as attributes, and buffer values."""
+    """Put back what a forward writes onto the module and its submodules.
+
+    Every attribute: one the forward sets is given its old object back (one
+    it adds is removed, one it deletes returns), and the lists, dicts and
+    sets held as attributes (a module's parameter, buffer and submodule
+    tables among them) get their old items back. Buffer values changed in
+    place are copied back.
+    """
     modules = list(module.modules())
-    kept = [{key: value for key, value in vars(m).items() if isinstance(value, Tensor)} for m in modules]
+    kept = [dict(vars(m)) for m in modules]
+    contents = [
+        {key: _snapshot(value) for key, value in before.items() if isinstance(value, _CONTAINERS)} for before in kept
+    ]
     buffers = [
         (b, b.detach().clone()) for b in module.buffers() if b.layout == torch.strided and b.device.type != "meta"
     ]
     try:
         yield
     finally:
-        for m, before in zip(modules, kept, strict=True):
-            for key, value in list(vars(m).items()):
-                if isinstance(value, Tensor) and before.get(key) is not value:
-                    if key in before:
-                        object.__setattr__(m, key, before[key])
-                    else:
-                        delattr(m, key)
+        for m, before, inside in zip(modules, kept, contents, strict=True):
+            now = vars(m)
+            for key in [key for key in now if key not in before]:
+                del now[key]
+            for key, value in before.items():
+                if now.get(key, _MISSING) is not value:
+                    now[key] = value
+                if key in inside and not _same(value, inside[key]):
+                    _refill(value, cast(list[Any], inside[key]))
         with torch.no_grad():
             for b, value in buffers:
                 if not torch.equal(b, value):
                     b.copy_(value)
+
+
+_MISSING = object()
 
 
 def _check_into(module: nn.Module, into: Tensor) -> None:

@@ -432,3 +432,30 @@ def test_the_errors_page_lists_exactly_the_matrix() -> None:
     assert page, "no entries found on docs/errors.rst"
     assert sorted(tested - page) == [], "errors tested here but missing from docs/errors.rst"
     assert sorted(page - tested) == [], "errors on docs/errors.rst that no test raises"
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+@pytest.mark.parametrize("op", ["set_params", "set_grads", "add_grads"])
+def test_a_nested_vector_is_a_type_error_and_changes_nothing(op: str) -> None:
+    net = nn.Linear(2, 1)
+    net.weight.grad = torch.ones(1, 2)
+    before = [t.clone() for t in (net.weight, net.bias, net.weight.grad)]
+    nested = torch.nested.nested_tensor([torch.randn(2), torch.randn(1)])
+    with pytest.raises(TypeError, match=r"must be a dense \(strided\) tensor, got a nested tensor"):
+        getattr(backbone, op)(net, nested)
+    assert all(torch.equal(a, b) for a, b in zip((net.weight, net.bias, net.weight.grad), before, strict=True))
+    assert net.bias.grad is None
+
+
+def test_numpy_scalars_are_real_numbers_for_alpha() -> None:
+    np = pytest.importorskip("numpy")
+    net = nn.Linear(2, 1)
+    backbone.add_grads(net, torch.ones(3), alpha=np.float32(0.5))
+    assert torch.equal(backbone.get_grads(net), torch.full((3,), 0.5))
+    counts = nn.Module()
+    counts.p = nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)
+    counts.p.grad = torch.zeros(2, dtype=torch.int64)
+    backbone.add_grads(counts, torch.ones(2, dtype=torch.int64), alpha=np.int64(3))  # integral: allowed into ints
+    assert counts.p.grad.tolist() == [3, 3]
+    with pytest.raises(TypeError, match="alpha must be a real number, got bool"):
+        backbone.add_grads(net, torch.ones(3), alpha=np.bool_(True))

@@ -531,3 +531,132 @@ def test_a_loss_that_does_not_reach_the_parameters_gives_zero_rows(layer: nn.Mod
     rows = per_sample_grads(net, F.cross_entropy, x, torch.tensor([0, 1, 2]))
     assert rows.shape == (3, 15) and not rows.any()
     assert not fisher_diagonal(net, [(x, torch.tensor([0, 1, 2]))]).any()
+
+
+class Keeper(nn.Module):
+    """A forward that writes onto the module: an attribute that starts as None, a list it appends to, a counter."""
+
+    def __init__(self, conv: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, 1) if conv else None
+        self.fc = nn.Linear(4, 3)
+        self.tap: Tensor | None = None
+        self.feats: list[Tensor] = []
+        self.seen: dict[str, int] = {}
+        self.calls = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.conv is not None:
+            x = self.conv(x.unsqueeze(1)).squeeze(1)
+        self.tap = self.fc(x)
+        self.feats.append(self.tap)
+        self.seen["forward"] = self.seen.get("forward", 0) + 1
+        self.calls += 1
+        self.added = True
+        return self.tap
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["vectorised", "one-by-one"])
+def test_attributes_and_containers_a_forward_writes_are_put_back(conv: bool) -> None:
+    torch.manual_seed(0)
+    net = Keeper(conv)
+    feats, seen = net.feats, net.seen
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    expected = loop_rows(copy.deepcopy(net), F.cross_entropy, x, y)
+    rows = per_sample_grads(net, F.cross_entropy, x, y)
+    assert_rows_close(rows, expected)
+    assert "tap" in vars(net) and net.tap is None
+    assert net.feats is feats and net.feats == []
+    assert net.seen is seen and net.seen == {}
+    assert net.calls == 0 and not hasattr(net, "added")
+    fisher_diagonal(net.eval(), [(x, y)])
+    assert net.tap is None and net.feats == [] and net.seen == {} and net.calls == 0 and not hasattr(net, "added")
+
+
+class Counting(nn.Module):
+    """A forward that replaces a registered buffer with a new tensor rather than updating it in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("count", torch.zeros(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.count = self.count + 1
+        return self.fc(x)
+
+
+def test_a_buffer_the_forward_replaces_is_put_back_as_the_same_tensor() -> None:
+    net = Counting()
+    count = net.count
+    per_sample_grads(net, F.cross_entropy, torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    assert net.count is count and float(count) == 0.0
+    assert dict(net.named_buffers())["count"] is count
+
+
+def test_rows_inside_parametrize_cached_are_the_loops() -> None:
+    # parametrize.cached() would hand every example the weight computed from the first example's parameters.
+    from torch.nn.utils import parametrize
+
+    class Symmetric(nn.Module):
+        def forward(self, w: Tensor) -> Tensor:
+            return w.triu() + w.triu(1).transpose(-1, -2)
+
+    torch.manual_seed(0)
+    for conv in (False, True):
+        net = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 3))
+        if conv:
+            net.insert(0, nn.Sequential(nn.Unflatten(1, (1, 4)), nn.Conv1d(1, 1, 1), nn.Flatten()))
+        parametrize.register_parametrization(net[-3], "weight", Symmetric())
+        x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+        expected = loop_rows(net, F.cross_entropy, x, y)
+        with parametrize.cached():
+            net(x[:1])  # the cache holds the weight from the module's own parameters
+            rows = per_sample_grads(net, F.cross_entropy, x, y)
+            assert parametrize._cache_enabled == 1
+        assert_rows_close(rows, expected)
+
+
+@pytest.mark.parametrize("conv", [False, True], ids=["all-linear", "with-conv"])
+def test_backward_hooks_on_modules_run_as_in_the_loop(conv: bool) -> None:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)]
+    if conv:
+        layers = [nn.Unflatten(1, (1, 4)), nn.Conv1d(1, 1, 1), nn.Flatten(), *layers]
+    net = nn.Sequential(*layers)
+    net[-2].register_full_backward_hook(lambda module, grad_in, grad_out: (grad_in[0] * 2,))
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    expected = loop_rows(net, F.cross_entropy, x, y)
+    assert_rows_close(per_sample_grads(net, F.cross_entropy, x, y), expected)
+    plain = copy.deepcopy(net)
+    plain[-2]._backward_hooks.clear()
+    assert not torch.allclose(per_sample_grads(plain, F.cross_entropy, x, y), expected)  # the hook mattered
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: torch.eye(3).to_sparse(),
+        lambda: torch.nested.nested_tensor([torch.randn(3), torch.randn(3)]),
+    ],
+    ids=["sparse", "nested"],
+)
+@pytest.mark.parametrize("which", ["inputs", "targets"])
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors")
+def test_sparse_and_nested_batches_are_type_errors(bad, which: str) -> None:  # type: ignore[no-untyped-def]
+    net = nn.Linear(3, 3)
+    x, y = torch.randn(2, 3), torch.tensor([0, 1])
+    batch = {"inputs": x, "targets": y, which: bad()}
+    with pytest.raises(TypeError, match=f"{which} must be a dense"):
+        per_sample_grads(net, F.cross_entropy, batch["inputs"], batch["targets"])
+    with pytest.raises(TypeError, match=f"{which} must be a dense"):
+        fisher_diagonal(net, [(batch["inputs"], batch["targets"])])
+
+
+def test_numpy_scalars_are_real_numbers_for_decay() -> None:
+    np = pytest.importorskip("numpy")
+    net = nn.Linear(3, 2)
+    data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))]
+    fisher = fisher_diagonal(net, data)
+    online = fisher_diagonal(net, data, into=fisher.clone(), decay=np.float32(0.5))
+    torch.testing.assert_close(online, 1.5 * fisher)
