@@ -6,8 +6,10 @@ what :func:`~backbone.get_grads` would read after a backward of example
 require a gradient). The module runs with the parameters given as arguments
 (:func:`torch.func.functional_call`): vectorised over the batch with
 ``vmap`` of ``torch.func.grad`` when every layer with parameters is linear
-and no module has a backward hook (which ``torch.func`` cannot run), and
-otherwise one example at a time with plain autograd (``vmap``'s batched
+and ``torch.func`` can run the model (it cannot run modules' backward hooks
+or a buffer updated in place: such a model, after a failed attempt that
+leaves nothing behind, is taken the other way), and otherwise one example
+at a time with plain autograd (``vmap``'s batched
 backward through convolutions and attention, and ``torch.func.grad``'s
 per-call cost, make the other ways slower on a CPU). Either way the rows are
 the same, and nothing of the module changes.
@@ -24,7 +26,8 @@ whatever a forward sets as an attribute of the module or a submodule (a
 ResNet's pre-activation taps, a counter) are as they were after the call;
 lists, dicts and sets held as attributes get their old items back (a
 forward that appends features to a list leaves it as it was). Objects
-nested deeper are not restored. Inside
+nested deeper, and tensors other than buffers changed in place, are not
+restored. Inside
 :func:`torch.nn.utils.parametrize.cached`, parametrized weights are computed
 afresh for each example, not taken from the cache.
 Batch normalisation in training mode is refused, naming the layer: its output
@@ -38,8 +41,9 @@ were, and they are put back.
 The gradient is the loss's with respect to the parameters *as the forward
 uses them*: a ``loss_fn`` that reads the module's parameters itself (an L2
 pull towards an anchor) sees them as constants, and hooks registered on the
-parameter tensors do not run. A model or loss that fails on one example is a
-:class:`ValueError` naming torch's reason.
+parameter tensors do not run (hooks on modules do, and see each ``.grad`` as
+it was before the call). A model or loss that fails on one example is a
+:class:`ValueError` naming the exception it raised.
 """
 
 from __future__ import annotations
@@ -360,26 +364,41 @@ def _rows(
     # Every other parameter enters as a constant, under its flat-order name; buffers are the module's own.
     every_names, every_params = walk(module)
     fixed = {name: p.detach() for name, p in zip(every_names, every_params, strict=True) if name not in differentiated}
+    one_by_one = functools.partial(_one_by_one, example_fn, with_aux)
+    vectorised = None
     if _vectorises_well(module):
         # Nothing to differentiate: the rows are zeros, but the model and the loss still run.
         one = grad(example_fn, argnums=2, has_aux=with_aux) if differentiated else example_fn
-        how, step = "vmap of torch.func.grad", chunk_size or inputs.shape[0]
-        by_example = vmap(one, in_dims=(0, 0, None, None), randomness="different")
-    else:
-        how, step = "plain autograd, one example at a time", 1
-        by_example = functools.partial(_one_by_one, example_fn, with_aux)
+        vectorised = vmap(one, in_dims=(0, 0, None, None), randomness="different")
     with warnings.catch_warnings(), _left_as_it_was(module), _parametrizations_uncached():
         # torch.func runs attention without a batching rule one example at a time, and says so on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
-        for start in range(0, inputs.shape[0], step):
-            x, y = inputs[start : start + step], targets[start : start + step]
-            try:
-                result = by_example(x, y, differentiated, fixed)
-            except (RuntimeError, IndexError) as error:  # torch raises IndexError for a class out of range
-                raise ValueError(f"the model or the loss failed on one example ({how}): {error}") from error
+        start = 0
+        while start < inputs.shape[0]:
+            if vectorised is not None:
+                stop = start + (chunk_size or inputs.shape[0])
+                x, y = inputs[start:stop], targets[start:stop]
+                try:
+                    with _left_as_it_was(module):  # a failed attempt leaves nothing behind for the loop
+                        result = vectorised(x, y, differentiated, fixed)
+                except Exception:
+                    # torch.func cannot run everything the loop can (a buffer updated in place, say), and a
+                    # model that fails fails the same way one example at a time, which names the reason best.
+                    vectorised = None
+                    continue
+            else:
+                x, y = inputs[start : start + 1], targets[start : start + 1]
+                try:
+                    result = one_by_one(x, y, differentiated, fixed)
+                except Exception as error:
+                    raise ValueError(
+                        f"the model or the loss failed on one example (example {start} of the batch): "
+                        f"{type(error).__name__}: {error}"
+                    ) from error
             aux = cast(Tensor, result[1]) if with_aux else None
             grads = cast(dict[str, Tensor], result[0] if with_aux else result) if differentiated else {}
             yield x.shape[0], grads, aux
+            start += x.shape[0]
 
 
 def _vectorises_well(module: nn.Module) -> bool:
@@ -529,14 +548,15 @@ def _refill(value: object, saved: list[Any]) -> None:
 def _left_as_it_was(module: nn.Module) -> Iterator[None]:
     """Put back what a forward writes onto the module and its submodules.
 
-    Every attribute: one the forward sets is given its old object back (one
-    it adds is removed, one it deletes returns), and the lists, dicts and
+    Every attribute, ``__slots__`` included: one the forward sets is given
+    its old object back (one it adds is removed, one it deletes returns), and the lists, dicts and
     sets held as attributes (a module's parameter, buffer and submodule
     tables among them) get their old items back. Buffer values changed in
     place are copied back.
     """
     modules = list(module.modules())
     kept = [dict(vars(m)) for m in modules]
+    slotted = [(m, descriptor, _slot_value(m, descriptor)) for m in modules for descriptor in _slot_descriptors(m)]
     contents = [
         {key: _snapshot(value) for key, value in before.items() if isinstance(value, _CONTAINERS)} for before in kept
     ]
@@ -555,6 +575,12 @@ def _left_as_it_was(module: nn.Module) -> Iterator[None]:
                     now[key] = value
                 if key in inside and not _same(value, inside[key]):
                     _refill(value, cast(list[Any], inside[key]))
+        for m, descriptor, value in slotted:
+            if value is _MISSING:
+                if _slot_value(m, descriptor) is not _MISSING:
+                    descriptor.__delete__(m)
+            elif _slot_value(m, descriptor) is not value:
+                descriptor.__set__(m, value)
         with torch.no_grad():
             for b, value in buffers:
                 if not torch.equal(b, value):
@@ -562,6 +588,29 @@ def _left_as_it_was(module: nn.Module) -> Iterator[None]:
 
 
 _MISSING = object()
+
+
+def _slot_descriptors(m: nn.Module) -> list[Any]:
+    """The descriptors of the ``__slots__`` a module's classes declare: attributes kept outside its ``__dict__``."""
+    found = []
+    for cls in type(m).__mro__:
+        names = cls.__dict__.get("__slots__", ())
+        for name in (names,) if isinstance(names, str) else names:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{cls.__name__.lstrip('_')}{name}"  # Python stores a private slot under its mangled name
+            descriptor = cls.__dict__.get(name)
+            if all(hasattr(descriptor, method) for method in ("__get__", "__set__", "__delete__")):
+                found.append(descriptor)
+    return found
+
+
+def _slot_value(m: nn.Module, descriptor: Any) -> Any:
+    try:
+        return descriptor.__get__(m, type(m))
+    except AttributeError:
+        return _MISSING
 
 
 def _check_into(module: nn.Module, into: Tensor) -> None:

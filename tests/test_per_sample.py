@@ -660,3 +660,87 @@ def test_numpy_scalars_are_real_numbers_for_decay() -> None:
     fisher = fisher_diagonal(net, data)
     online = fisher_diagonal(net, data, into=fisher.clone(), decay=np.float32(0.5))
     torch.testing.assert_close(online, 1.5 * fisher)
+
+
+class CountsInPlace(nn.Module):
+    """All linear, but its forward appends to a list and then updates a buffer in place, which torch.func refuses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 5), nn.Linear(5, 3)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.long))
+        self.seen: list[Tensor] = []
+        self.scale = 1.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Each call doubles the scale: the failed vectorised attempt must leave it as it was for the loop.
+        h = torch.tanh(self.fc1(x))
+        self.seen.append(h)
+        self.scale = self.scale * 2.0
+        self.calls += 1
+        return self.fc2(h) * self.scale
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_a_model_torch_func_cannot_run_gives_the_loops_rows(chunk_size: int | None) -> None:
+    torch.manual_seed(0)
+    net = CountsInPlace()
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    expected = loop_rows(copy.deepcopy(net), F.cross_entropy, x, y)
+    calls, seen = net.calls, net.seen
+    assert_rows_close(per_sample_grads(net, F.cross_entropy, x, y, chunk_size=chunk_size), expected)
+    assert net.calls is calls and int(calls) == 0 and net.seen is seen and seen == [] and net.scale == 1.0
+    fisher = fisher_diagonal(net.eval(), [(x, y)], chunk_size=chunk_size)
+    torch.testing.assert_close(fisher, fisher_diagonal(copy.deepcopy(net), [(x, y)]))
+    assert int(calls) == 0 and seen == []
+
+
+class Slotted(nn.Module):
+    """A module whose forward writes to attributes declared in __slots__."""
+
+    __slots__ = ("__private", "last")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.last = 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.last += 1
+        self.__private = x
+        return self.fc(x)
+
+
+def test_slots_a_forward_sets_are_put_back() -> None:
+    net = Slotted()
+    per_sample_grads(net, F.cross_entropy, torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    assert net.last == 0
+    assert not hasattr(net, "_Slotted__private")
+
+
+def raises(kind: type[Exception]) -> nn.Module:
+    class Failing(nn.Linear):
+        def forward(self, x: Tensor) -> Tensor:
+            raise kind("broken on purpose")
+
+    return Failing(4, 3)
+
+
+@pytest.mark.parametrize("kind", [AssertionError, KeyError, TypeError, ZeroDivisionError, RuntimeError])
+@pytest.mark.parametrize("conv", [False, True], ids=["all-linear", "with-conv"])
+def test_any_exception_of_the_model_is_a_value_error_naming_it(kind: type[Exception], conv: bool) -> None:
+    layers = [nn.Unflatten(1, (1, 4)), nn.Conv1d(1, 1, 1), nn.Flatten()] if conv else []
+    net = nn.Sequential(*layers, raises(kind))
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    message = rf"the model or the loss failed on one example \(example 0 of the batch\): {kind.__name__}: .*on purpose"
+    with pytest.raises(ValueError, match=message):
+        per_sample_grads(net, F.cross_entropy, x, y)
+    with pytest.raises(ValueError, match=message):
+        fisher_diagonal(net.eval(), [(x, y)])
+
+
+def test_a_loss_that_fails_with_an_assertion_is_a_value_error() -> None:
+    # cross_entropy with probability targets of the wrong number of classes asserts on the vectorised way.
+    net = nn.Linear(4, 3)
+    with pytest.raises(ValueError, match="the model or the loss failed on one example"):
+        per_sample_grads(net, F.cross_entropy, torch.randn(3, 4), torch.rand(3, 2))
