@@ -637,7 +637,7 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0, select: 
             into a gradient's dtype (torch refuses it: it overflows that
             dtype, or the dtypes do not promote). Values are not checked: a
             sum that overflows a gradient's dtype gives ``inf`` there, as
-            :meth:`torch.Tensor.add_` does.
+            ``Tensor.add_`` does.
 
     Example:
         >>> import torch

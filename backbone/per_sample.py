@@ -28,7 +28,7 @@ lists, dicts and sets held as attributes get their old items back (a
 forward that appends features to a list leaves it as it was). Objects
 nested deeper, and tensors other than buffers changed in place, are not
 restored. Inside
-:func:`torch.nn.utils.parametrize.cached`, parametrized weights are computed
+``torch.nn.utils.parametrize.cached()``, parametrized weights are computed
 afresh for each example, not taken from the cache.
 Batch normalisation in training mode is refused, naming the layer: its output
 for one example would depend on the others in the batch (and on a batch of
