@@ -8,7 +8,7 @@ require a gradient). The module runs with the parameters given as arguments
 ``vmap`` of ``torch.func.grad`` when every layer with parameters is linear
 and ``torch.func`` can run the model (it cannot run modules' backward hooks
 or a buffer updated in place: such a model, after a failed attempt that
-leaves nothing behind, is taken the other way), and otherwise one example
+is undone, is taken the other way), and otherwise one example
 at a time with plain autograd (``vmap``'s batched
 backward through convolutions and attention, and ``torch.func.grad``'s
 per-call cost, make the other ways slower on a CPU). Either way the rows are
@@ -370,7 +370,7 @@ def _rows(
         # Nothing to differentiate: the rows are zeros, but the model and the loss still run.
         one = grad(example_fn, argnums=2, has_aux=with_aux) if differentiated else example_fn
         vectorised = vmap(one, in_dims=(0, 0, None, None), randomness="different")
-    with warnings.catch_warnings(), _left_as_it_was(module), _parametrizations_uncached():
+    with warnings.catch_warnings(), _left_as_it_was(module) as put_back, _parametrizations_uncached():
         # torch.func runs attention without a batching rule one example at a time, and says so on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
         start = 0
@@ -379,11 +379,12 @@ def _rows(
                 stop = start + (chunk_size or inputs.shape[0])
                 x, y = inputs[start:stop], targets[start:stop]
                 try:
-                    with _left_as_it_was(module):  # a failed attempt leaves nothing behind for the loop
-                        result = vectorised(x, y, differentiated, fixed)
+                    result = vectorised(x, y, differentiated, fixed)
                 except Exception:
-                    # torch.func cannot run everything the loop can (a buffer updated in place, say), and a
-                    # model that fails fails the same way one example at a time, which names the reason best.
+                    # torch.func cannot run everything the loop can (a buffer updated in place, a backward hook on
+                    # a module), and a model that fails fails the same way one example at a time, which names the
+                    # reason best. The failed attempt leaves nothing behind for the loop.
+                    put_back()
                     vectorised = None
                     continue
             else:
@@ -407,19 +408,9 @@ def _vectorises_well(module: nn.Module) -> bool:
     Both ways compute the same rows. ``vmap``'s batched backward through
     convolutions and attention is slower on CPU than one ``grad`` per
     example (measured in ``benchmarks/flat_ops.py``), so those models take
-    the loop; so do models with backward hooks on modules, which
-    ``torch.func`` cannot run.
+    the loop.
     """
-    if _global_backward_hooks() or any(m._backward_hooks or m._backward_pre_hooks for m in module.modules()):
-        return False  # torch.func cannot run a module's backward hooks (their autograd.Function has no setup_context)
     return all(isinstance(m, nn.Linear) for m in module.modules() if any(True for _ in m.parameters(recurse=False)))
-
-
-def _global_backward_hooks() -> bool:
-    """Whether backward hooks registered for every module are present (torch keeps them in private dicts)."""
-    from torch.nn.modules import module as module_py
-
-    return any(getattr(module_py, name, None) for name in ("_global_backward_hooks", "_global_backward_pre_hooks"))
 
 
 def _one_by_one(
@@ -515,57 +506,39 @@ def _parametrizations_uncached() -> Iterator[None]:
 _CONTAINERS = (list, dict, set)
 
 
-def _snapshot(value: object) -> object:
-    """A shallow copy of a container (its items, the same objects), or None for anything else."""
+def _items(value: list[Any] | dict[Any, Any] | set[Any]) -> list[Any]:
+    """A container's items (the same objects): a dict's as (key, value) pairs."""
+    return list(value.items()) if isinstance(value, dict) else list(value)
+
+
+def _refill(value: list[Any] | dict[Any, Any] | set[Any], items: list[Any]) -> None:
     if isinstance(value, list):
-        return list(value)
-    if isinstance(value, dict):
-        return list(value.items())
-    if isinstance(value, set):
-        return list(value)
-    return None
-
-
-def _same(value: object, saved: object) -> bool:
-    now = _snapshot(value)
-    assert isinstance(now, list) and isinstance(saved, list)
-    if isinstance(value, set):
-        return {id(item) for item in now} == {id(item) for item in saved}
-    return len(now) == len(saved) and all(
-        (a[0] is b[0] and a[1] is b[1]) if isinstance(value, dict) else a is b for a, b in zip(now, saved, strict=True)
-    )
-
-
-def _refill(value: object, saved: list[Any]) -> None:
-    if isinstance(value, list):
-        value[:] = saved
-    elif isinstance(value, (dict, set)):
+        value[:] = items
+    else:
         value.clear()
-        value.update(saved)
+        value.update(items)
 
 
 @contextlib.contextmanager
-def _left_as_it_was(module: nn.Module) -> Iterator[None]:
+def _left_as_it_was(module: nn.Module) -> Iterator[Callable[[], None]]:
     """Put back what a forward writes onto the module and its submodules.
 
     Every attribute, ``__slots__`` included: one the forward sets is given
     its old object back (one it adds is removed, one it deletes returns), and the lists, dicts and
     sets held as attributes (a module's parameter, buffer and submodule
     tables among them) get their old items back. Buffer values changed in
-    place are copied back.
+    place are copied back. The context gives the function that puts it all
+    back, for a caller that must undo a failed attempt before going on.
     """
     modules = list(module.modules())
     kept = [dict(vars(m)) for m in modules]
     slotted = [(m, descriptor, _slot_value(m, descriptor)) for m in modules for descriptor in _slot_descriptors(m)]
-    contents = [
-        {key: _snapshot(value) for key, value in before.items() if isinstance(value, _CONTAINERS)} for before in kept
-    ]
+    contents = [{key: _items(v) for key, v in before.items() if isinstance(v, _CONTAINERS)} for before in kept]
     buffers = [
         (b, b.detach().clone()) for b in module.buffers() if b.layout == torch.strided and b.device.type != "meta"
     ]
-    try:
-        yield
-    finally:
+
+    def put_back() -> None:
         for m, before, inside in zip(modules, kept, contents, strict=True):
             now = vars(m)
             for key in [key for key in now if key not in before]:
@@ -573,8 +546,8 @@ def _left_as_it_was(module: nn.Module) -> Iterator[None]:
             for key, value in before.items():
                 if now.get(key, _MISSING) is not value:
                     now[key] = value
-                if key in inside and not _same(value, inside[key]):
-                    _refill(value, cast(list[Any], inside[key]))
+                if key in inside:
+                    _refill(value, inside[key])
         for m, descriptor, value in slotted:
             if value is _MISSING:
                 if _slot_value(m, descriptor) is not _MISSING:
@@ -585,6 +558,11 @@ def _left_as_it_was(module: nn.Module) -> Iterator[None]:
             for b, value in buffers:
                 if not torch.equal(b, value):
                     b.copy_(value)
+
+    try:
+        yield put_back
+    finally:
+        put_back()
 
 
 _MISSING = object()
