@@ -58,6 +58,9 @@ class ContractError(AssertionError):
         results: every rule's outcome, the passing ones included.
         backbone: the name of the backbone's class, when known.
 
+    A ``hint``, when given, is the message's last line (the checker gives one
+    for a plain timm or torchvision model: the adapter to wrap it with).
+
     Example:
         >>> from backbone import ContractError, RuleResult
         >>> error = ContractError([RuleResult("an unknown returnt raises ValueError", "fail", "returned a Tensor")])
@@ -66,12 +69,14 @@ class ContractError(AssertionError):
           - an unknown returnt raises ValueError: returned a Tensor
     """
 
-    def __init__(self, results: list[RuleResult], backbone: str | None = None) -> None:
+    def __init__(self, results: list[RuleResult], backbone: str | None = None, hint: str = "") -> None:
         self.results = results
         self.backbone = backbone
         failures = [r for r in results if not r.passed]
         lines = [f"{backbone + ': ' if backbone else ''}{len(failures)} of {len(results)} rules broken:"]
         lines += [f"  - {r.rule}: {r.detail}" for r in failures]
+        if hint:
+            lines.append(hint)
         super().__init__("\n".join(lines))
 
 
@@ -227,7 +232,15 @@ class _Checker:
     def _method(self, name: str) -> Callable[..., Any]:
         method = getattr(self.net, name, None)
         _require(callable(method), f"the backbone has no {name}() method (inherit from MammothBackbone)")
-        return cast(Callable[..., Any], method)
+
+        def call(*args: Any) -> Any:
+            try:
+                return cast(Callable[..., Any], method)(*args)
+            except Exception as error:
+                # The rule's detail names the call that raised, not only the rule it was part of.
+                raise _Fail(f"{name}() raised {type(error).__name__}: {error}") from None
+
+        return call
 
     def _flat(self, value: object, what: str) -> Tensor:
         numel = sum(p.numel() for p in self.net.parameters())
@@ -251,6 +264,34 @@ class _Checker:
             for t in [read(p)]
         ]
         return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.float64)
+
+    def rule_grads_none_or_not(self) -> None:
+        set_grads = self._method("set_grads")
+        params = list(self.net.parameters())
+        if not params:
+            raise _Skip("the backbone has no parameters")
+        # The vector is made from the parameters themselves, so that this rule tests set_grads alone.
+        target = self._pattern(
+            torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+        )
+        # After zero_grad() (every .grad None, torch's default) and with every .grad a tensor: A-GEM's
+        # zero_grad(); set_grads(g); step() needs the first.
+        for grads_exist in (False, True):
+            for p in params:
+                p.grad = torch.zeros_like(p) if grads_exist else None
+            set_grads(target)
+            state = "existed" if grads_exist else "were None"
+            missing = [name for name, p in self.net.named_parameters() if p.grad is None]
+            _require(
+                not missing,
+                f"set_grads(v) left .grad None where the gradients {state}: {', '.join(missing[:5])} "
+                "(set_grads must create a missing .grad, not only write the existing ones)",
+            )
+            self.close(
+                self._each(lambda p: p.grad),
+                target.cpu(),
+                f"each parameter's .grad after set_grads(v), where the gradients {state}, and its slice of v",
+            )
 
     def rule_params_round_trip(self) -> None:
         get_params, set_params = self._method("get_params"), self._method("set_params")
@@ -478,6 +519,7 @@ _RULES: tuple[tuple[str, Callable[[_Checker], None]], ...] = (
     ("get_params() is differentiable, laid out like get_grads()", _Checker.rule_params_differentiable),
     ("set_grads(v) writes v into .grad in parameters() order and round-trips", _Checker.rule_grads_round_trip),
     ("set_grads(v) copies v: changing v afterwards changes no .grad", _Checker.rule_grads_copied),
+    ("set_grads(v) fills every .grad, None or not", _Checker.rule_grads_none_or_not),
     ("get_grads() reads a missing .grad as zeros", _Checker.rule_missing_grads),
     ("to(torch.float64) converts the backbone", _Checker.rule_float64),
     ("set_return_prerelu(True) gives each stage before its activation", _Checker.rule_prerelu),
@@ -650,8 +692,20 @@ def check_backbone(
         for rule, run in _RULES:
             results.append(_run_rule(rule, run, checker))
     if not all(r.passed for r in results):
-        raise ContractError(results, type(net).__name__)
+        raise ContractError(results, type(net).__name__, hint=_adapter_hint(net))
     return results
+
+
+def _adapter_hint(net: nn.Module) -> str:
+    """For a plain timm or torchvision model, the adapter that gives it the backbone API."""
+    library = type(net).__module__.split(".")[0]
+    adapter = {"timm": "from_timm", "torchvision": "from_torchvision"}.get(library)
+    if adapter is None or callable(getattr(net, "get_params", None)):
+        return ""
+    return (
+        f"{type(net).__name__} is a plain {library} model, which has none of the backbone API: "
+        f"wrap it with backbone.{adapter}(model) and check that"
+    )
 
 
 def _check_fits(net: nn.Module, x: Tensor) -> None:

@@ -255,6 +255,15 @@ def _unwrap_training_checkpoint(raw: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _as_tensor(value: object, key: str) -> Tensor:
     if isinstance(value, Tensor):
+        if value.layout != torch.strided or value.is_nested or value.is_quantized:
+            what = (
+                "a nested tensor" if value.is_nested else "a quantized tensor" if value.is_quantized else value.layout
+            )
+            raise ValueError(f"checkpoint entry {key!r} must be a dense (strided) tensor, got {what}")
+        if value.device.type == "meta":
+            raise ValueError(f"checkpoint entry {key!r} holds no data (a tensor on the meta device)")
+        if value.is_complex():
+            raise ValueError(f"checkpoint entry {key!r} must hold real values, got {value.dtype}")
         return value
     if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
         return torch.from_numpy(np.array(value))

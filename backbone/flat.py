@@ -658,7 +658,8 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0, select: 
 def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | None, select: Selection) -> None:
     """Set (alpha None) or add ``alpha *`` the vector into every gradient, after checking everything."""
     names, params = walk(module, select)
-    source = _check_vector(vector, sum(p.numel() for p in params), name)
+    # Gradients are plain data: whatever graph the vector carries stays with the vector.
+    source = _check_vector(vector, sum(p.numel() for p in params), name).detach()
     grads: list[Tensor | None] = list(map(_grad, params))
     for i, grad in enumerate(grads):
         if grad is not None and grad.layout != torch.strided:

@@ -17,14 +17,18 @@ __all__ = ["grow_classifier", "grow_to_fit", "mask_unseen"]
 
 
 def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Give the linear classifier of ``net`` ``num_classes`` output units, keeping the old ones bit for bit.
+    """Give the classifier of ``net`` ``num_classes`` output units, keeping the old ones bit for bit.
 
     The old units' weights and biases are the same bits after the growth, so
     the old logits are unchanged (up to the order in which the matrix multiply
     sums, which a BLAS may pick by the output width: at most a few ulps).
 
     The classifier is ``net.get_classifier()`` (``net.classifier`` for a
-    module without it), and it must be a :class:`torch.nn.Linear`. Its weight
+    module without it): a :class:`torch.nn.Linear`, or any head with a
+    ``grow_classes(num_classes, optimizer=..., init=...)`` method (the
+    package's :class:`~backbone.CosineClassifier`,
+    :class:`~backbone.SplitCosineClassifier` and
+    :class:`~backbone.MultiHeadClassifier` grow that way). A linear classifier's weight
     and bias keep their Parameter objects and are resized in place: the old
     rows and biases are copied unchanged, the new ones are initialised as a
     freshly made classifier of the grown size would be (the backbone's
@@ -56,8 +60,8 @@ def grow_classifier(net: nn.Module, num_classes: int, *, optimizer: torch.optim.
             carry.
 
     Raises:
-        TypeError: the classifier is not a :class:`torch.nn.Linear`,
-            ``num_classes`` is not an int, ``optimizer`` is not an
+        TypeError: the classifier is neither a :class:`torch.nn.Linear`
+            nor a head with ``grow_classes``, ``num_classes`` is not an int, ``optimizer`` is not an
             optimizer, or its state for the classifier cannot be carried.
         ValueError: ``num_classes`` is smaller than the current number
             (shrinking would drop trained units).

@@ -31,6 +31,7 @@ that picks nothing is an error.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import math
 import operator
@@ -199,6 +200,72 @@ class FlatLayout:
         _check_vector(vector, self, "vector")
         entry = self[name]
         return vector[entry.offset : entry.stop].view(entry.shape)
+
+    def index(self, i: int) -> tuple[str, int]:
+        """The parameter that element ``i`` of a flat vector belongs to, and the element's offset inside it.
+
+        Args:
+            i: an index into a vector of :attr:`numel` elements; negative
+                counts from the end, and a one-element integer tensor (what
+                ``argmax()`` gives) is accepted.
+
+        Returns:
+            ``(name, offset)``: ``vector[i]`` is ``view(vector, name).reshape(-1)[offset]``.
+
+        Raises:
+            TypeError: ``i`` is not an integer.
+            IndexError: ``i`` is out of range.
+
+        Example:
+            >>> import torch
+            >>> from backbone import MNISTMLP, flat_layout
+            >>> layout = flat_layout(MNISTMLP(4, 2, hidden_size=3))
+            >>> layout.index(28)
+            ('classifier.weight', 1)
+            >>> fisher = torch.zeros(layout.numel)
+            >>> fisher[16] = 1.0
+            >>> layout.index(fisher.argmax())
+            ('fc2.weight', 1)
+        """
+        if isinstance(i, bool) or (
+            isinstance(i, Tensor)
+            and (i.numel() != 1 or i.is_floating_point() or i.is_complex() or i.dtype == torch.bool)
+        ):
+            raise TypeError(f"i must be an integer, got {_describe_index(i)}")
+        try:
+            position = operator.index(i.item() if isinstance(i, Tensor) else i)
+        except TypeError:
+            raise TypeError(f"i must be an integer, got {_describe_index(i)}") from None
+        if not -self.numel <= position < self.numel:
+            raise IndexError(f"index {position} is out of range for a flat vector of {self.numel} elements")
+        position %= self.numel
+        holding = [e for e in self.entries if e.numel]  # a parameter of no element shares the next one's offset
+        entry = holding[bisect.bisect_right([e.offset for e in holding], position) - 1]
+        return entry.name, position - entry.offset
+
+    def split(self, vector: Tensor) -> dict[str, Tensor]:
+        """Each parameter's part of a flat vector, shaped like it: ``{name: view}``, in the layout's order.
+
+        Args:
+            vector: a flat vector with this layout.
+
+        Returns:
+            A dict of views of ``vector`` (no copy), one per parameter.
+
+        Raises:
+            TypeError: ``vector`` is not a dense tensor.
+            ValueError: ``vector`` is not 1-D of :attr:`numel` elements.
+
+        Example:
+            >>> import torch
+            >>> from torch import nn
+            >>> from backbone import flat_layout
+            >>> parts = flat_layout(nn.Linear(3, 2)).split(torch.arange(8.0))
+            >>> {name: tuple(t.shape) for name, t in parts.items()}
+            {'weight': (2, 3), 'bias': (2,)}
+        """
+        _check_vector(vector, self, "vector")
+        return {e.name: vector[e.offset : e.stop].view(e.shape) for e in self.entries}
 
 
 def flat_layout(module: nn.Module, *, select: Selection = None) -> FlatLayout:
@@ -408,6 +475,12 @@ def _sharded(p: Tensor) -> bool:
     # FSDP's fully_shard makes parameters DTensors; the older
     # FullyShardedDataParallel flattens them into FlatParameters.
     return type(p).__name__ in ("DTensor", "FlatParameter") or bool(getattr(p, "_is_flat_param", False))
+
+
+def _describe_index(i: object) -> str:
+    if isinstance(i, Tensor):
+        return f"a tensor of {i.numel()} elements of dtype {i.dtype}"
+    return type(i).__name__
 
 
 def _check_vector(vector: object, layout: FlatLayout, name: str) -> Tensor:

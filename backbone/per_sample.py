@@ -360,10 +360,20 @@ def _rows(
     batch is vectorised, one where the examples are taken one by one, so that a caller that only sums
     them (the Fisher) never holds the whole batch's gradients.
     """
-    differentiated = {name: p.detach() for name, p in zip(names, params, strict=True) if p.requires_grad}
-    # Every other parameter enters as a constant, under its flat-order name; buffers are the module's own.
-    every_names, every_params = walk(module)
-    fixed = {name: p.detach() for name, p in zip(every_names, every_params, strict=True) if name not in differentiated}
+    # Autograd runs even when the caller is in torch.inference_mode(): the gradients are computed as outside it
+    # (an input made there is cloned into a normal tensor, which autograd can save). Only the computation leaves
+    # inference mode, never the caller's code between chunks.
+    with torch.inference_mode(False):
+        differentiated = {name: p.detach() for name, p in zip(names, params, strict=True) if p.requires_grad}
+        # Every other parameter enters as a constant, under its flat-order name; buffers are the module's own.
+        every_names, every_params = walk(module)
+        fixed = {
+            name: p.detach() for name, p in zip(every_names, every_params, strict=True) if name not in differentiated
+        }
+        if inputs.is_inference():
+            inputs = inputs.clone()
+        if targets.is_inference():
+            targets = targets.clone()
     one_by_one = functools.partial(_one_by_one, example_fn, with_aux)
     vectorised = None
     if _vectorises_well(module):
@@ -379,7 +389,8 @@ def _rows(
                 stop = start + (chunk_size or inputs.shape[0])
                 x, y = inputs[start:stop], targets[start:stop]
                 try:
-                    result = vectorised(x, y, differentiated, fixed)
+                    with torch.inference_mode(False):
+                        result = vectorised(x, y, differentiated, fixed)
                 except Exception:
                     # torch.func cannot run everything the loop can (a buffer updated in place, a backward hook on
                     # a module), and a model that fails fails the same way one example at a time, which names the
@@ -390,7 +401,8 @@ def _rows(
             else:
                 x, y = inputs[start : start + 1], targets[start : start + 1]
                 try:
-                    result = one_by_one(x, y, differentiated, fixed)
+                    with torch.inference_mode(False):
+                        result = one_by_one(x, y, differentiated, fixed)
                 except Exception as error:
                     raise ValueError(
                         f"the model or the loss failed on one example (example {start} of the batch): "

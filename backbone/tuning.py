@@ -26,6 +26,7 @@ are passed at the call instead: see :meth:`VisionTransformer.forward
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Iterable, Sequence
@@ -104,6 +105,8 @@ class LoRA(nn.Module):
     """
 
     _unmerged_weight: Tensor | None
+    _merged_A: Tensor | None
+    _merged_B: Tensor | None
 
     def __init__(self, in_features: int, out_features: int, rank: int, alpha: float | None = None) -> None:
         for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)):
@@ -123,8 +126,11 @@ class LoRA(nn.Module):
         # The layer's weight from before merge_lora, so that unmerge_lora
         # restores it exactly; a buffer so that it follows .to().
         self.register_buffer("_unmerged_weight", None, persistent=False)
-        # The merged weight's version counter and storage when merge_lora left it.
-        self._merge_stamp: tuple[int, int, torch.dtype] | None = None
+        # The factors as merged, so that the merged weight can be recomputed after a conversion.
+        self.register_buffer("_merged_A", None, persistent=False)
+        self.register_buffer("_merged_B", None, persistent=False)
+        # A digest of the merged weight's bytes and its dtype, as merge_lora left it.
+        self._merge_stamp: tuple[str, torch.dtype] | None = None
 
     def delta(self) -> Tensor:
         """The weight delta ``scale * B @ A``, ``[out_features, in_features]``.
@@ -292,7 +298,11 @@ def _vit_blocks(model: object, what: str) -> list[Any]:
         and isinstance(tuning, nn.ModuleDict)
         and all(isinstance(getattr(b, "tuning", None), nn.ModuleDict) for b in blocks)
     ):
-        raise TypeError(f"{what} expects the package's VisionTransformer, got {type(module).__name__}")
+        raise TypeError(
+            f"{what} expects the package's VisionTransformer, got {type(module).__name__}; for a timm ViT, build "
+            "the same architecture here (VisionTransformer(...) or vit_base_patch16_224(...)) and load its weights "
+            "with load_checkpoint(net, timm_model.state_dict())"
+        )
     return list(blocks)
 
 
@@ -609,28 +619,38 @@ def merge_lora(model: nn.Module) -> int:
             raise ValueError("merge_lora: the model is on the meta device and holds no weights to merge into")
     for layer, lora in pairs:
         lora._unmerged_weight = layer.weight.detach().clone()
+        lora._merged_A, lora._merged_B = lora.A.detach().clone(), lora.B.detach().clone()
         layer.weight.add_(lora.delta().to(layer.weight.dtype))
-        lora._merge_stamp = (layer.weight._version, layer.weight.data_ptr(), layer.weight.dtype)
+        lora._merge_stamp = (_digest(layer.weight), layer.weight.dtype)
         lora.merged = True
     return len(pairs)
 
 
+def _digest(t: Tensor) -> str:
+    """A SHA-256 of a tensor's values, byte for byte: any write shows, ``.data`` writes included."""
+    data = t.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+    return hashlib.sha256(data.tobytes()).hexdigest()
+
+
 def _unchanged_since_merge(layer: nn.Linear, lora: LoRA) -> bool:
-    """Whether ``layer.weight`` is still the merged weight that merge_lora wrote (converted, perhaps)."""
-    weight, kept = layer.weight, lora._unmerged_weight
-    if kept is None or lora._merge_stamp is None or kept.shape != weight.shape:
+    """Whether ``layer.weight`` still holds the values merge_lora wrote (moved, copied or converted, perhaps)."""
+    weight, kept, stamp = layer.weight.detach(), lora._unmerged_weight, lora._merge_stamp
+    merged_a, merged_b = lora._merged_A, lora._merged_B
+    if kept is None or stamp is None or kept.shape != weight.shape or merged_a is None or merged_b is None:
         return False
-    version, pointer, merged_in = lora._merge_stamp
-    if weight.data_ptr() == pointer:
-        # The same tensor: any in-place write (an optimizer step, a load) moved its version counter.
-        return weight._version == version
-    # Another tensor (the model was converted, moved or copied): it must hold the merged values, up to the
-    # rounding of the dtype the merge was done in or of the one it has now, the coarser.
-    expected = kept.double() + lora.delta().double()
-    got = weight.double()
+    digest, merged_in = stamp
+    if weight.dtype == merged_in:
+        return _digest(weight) == digest
+    back = weight.to(merged_in)
+    if torch.finfo(weight.dtype).eps <= torch.finfo(merged_in).eps:
+        # Converted to a finer dtype: converting back is exact, and the values must round-trip through it.
+        return bool(torch.equal(back.to(weight.dtype), weight)) and _digest(back) == digest
+    # Converted to a coarser dtype: the merged values, up to that dtype's rounding.
+    delta = (merged_b.double() @ merged_a.double()) * lora.scale
+    expected = kept.double() + delta
     scale = float(expected.abs().nan_to_num(0.0, 0.0, 0.0).max()) if expected.numel() else 0.0
-    eps = max(torch.finfo(weight.dtype).eps, torch.finfo(merged_in).eps)
-    return torch.allclose(got, expected, rtol=4 * eps, atol=4 * eps * scale, equal_nan=True)
+    eps = torch.finfo(weight.dtype).eps
+    return torch.allclose(weight.double(), expected, rtol=4 * eps, atol=4 * eps * scale, equal_nan=True)
 
 
 @torch.no_grad()
@@ -638,13 +658,17 @@ def unmerge_lora(model: nn.Module) -> int:
     """Undo :func:`~backbone.merge_lora`: each merged layer gets back its weight from before the merge, bit for bit.
 
     The weight must not have been written while merged (an optimizer step
-    on the merged model, a ``load_state_dict``): the delta could then no
-    longer be taken out exactly, so the call refuses and changes nothing.
-    Training the LoRA factors while merged is fine (the layer gets back its
-    old weight, and the LoRA its new factors), and so is converting or
-    moving the model (``.double()``, ``.to(device)``, a deep copy): the kept
-    weight follows the model, and the merged weight is then recognised up to
-    the rounding of its new dtype.
+    on the merged model, a ``load_state_dict``, a write through ``.data``):
+    the delta could then no longer be taken out exactly, so the call refuses
+    and changes nothing. A write is found by value: the merged weight's
+    bytes are compared with a digest kept at the merge, so any change
+    shows, however it was made. Training the LoRA factors while merged is
+    fine (the layer gets back its old weight, and the LoRA its new factors),
+    and so is moving, copying or converting the model (``.to(device)``, a
+    deep copy, ``.double()``): the kept weight follows the model. After a
+    conversion to a finer dtype the check stays exact; after one to a
+    coarser dtype (``.half()``), a change smaller than that dtype's rounding
+    cannot be told from the rounding and is not detected.
 
     Args:
         model: a :class:`~backbone.VisionTransformer`.
@@ -672,12 +696,12 @@ def unmerge_lora(model: nn.Module) -> int:
             raise ValueError("unmerge_lora: a merged layer no longer matches the weight kept at the merge")
         if not _unchanged_since_merge(layer, lora):
             raise ValueError(
-                "unmerge_lora: a merged weight changed since merge_lora (an optimizer step or a load?), "
-                "so the delta cannot be taken out exactly; nothing was unmerged"
+                "unmerge_lora: a merged weight changed since merge_lora (an optimizer step, a load, a write "
+                "through .data?), so the delta cannot be taken out exactly; nothing was unmerged"
             )
     for layer, lora in pairs:
         layer.weight.copy_(cast(Tensor, lora._unmerged_weight))
-        lora._unmerged_weight = None
+        lora._unmerged_weight = lora._merged_A = lora._merged_B = None
         lora._merge_stamp = None
         lora.merged = False
     return len(pairs)

@@ -242,3 +242,25 @@ class ForwardTypo(TinyNet):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.stage_1(x)  # type: ignore[no-any-return]
+
+
+class SetGradsOnlyExisting(TinyNet):
+    """Writes only the gradients that exist: after zero_grad() (set to None) it does nothing."""
+
+    def set_grads(self, new_grads: Tensor) -> None:
+        offset = 0
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.copy_(new_grads[offset : offset + p.numel()].view(p.shape))
+            offset += p.numel()
+
+
+class SetGradsOnlyMissing(TinyNet):
+    """Creates missing gradients, but leaves existing ones as they were."""
+
+    def set_grads(self, new_grads: Tensor) -> None:
+        offset = 0
+        for p in self.parameters():
+            if p.grad is None:
+                p.grad = new_grads[offset : offset + p.numel()].view(p.shape).clone()
+            offset += p.numel()

@@ -145,6 +145,21 @@ def test_a_timm_model_becomes_a_backbone_that_passes_the_checker(name: str, kwar
     assert torch.equal(net.get_params(), torch.nn.utils.parameters_to_vector(model.parameters()))
 
 
+def test_a_plain_timm_or_torchvision_model_is_told_which_adapter_to_use() -> None:
+    x = torch.randn(2, 3, 32, 32)
+    plain = {
+        "from_timm": _timm().create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5),
+        "from_torchvision": build_tv("vit"),
+    }
+    for adapter, model in plain.items():
+        with pytest.raises(backbone.ContractError) as info:
+            check_backbone(model, x)
+        assert str(info.value).endswith(f"wrap it with backbone.{adapter}(model) and check that")
+        assert "plain" not in str(info.value).split(adapter)[1]  # said once, at the end
+    with pytest.raises(TypeError, match=r"add_lora expects the package's VisionTransformer.*load_checkpoint"):
+        backbone.add_lora(from_timm(plain["from_timm"]), 2)
+
+
 def build_tv(name: str) -> nn.Module:
     tv = _tv()
     if name == "vit":

@@ -41,6 +41,7 @@ DIFFERENTIABLE, SET_GRADS, GRADS_COPIED = (
     rule("set_grads(v) copies"),
 )
 MISSING_GRADS, FLOAT64, PRERELU = rule("get_grads() reads"), rule("to(torch"), rule("set_return_prerelu")
+GRADS_NONE_OR_NOT = rule("set_grads(v) fills")
 
 
 def assert_all_verified_but_prerelu(results: list[RuleResult]) -> None:
@@ -81,7 +82,7 @@ def test_every_reference_backbone_passes(name: str) -> None:
 
 
 def test_the_rules_are_the_documented_ones() -> None:
-    assert len(set(CONTRACT_RULES)) == len(CONTRACT_RULES) == 18
+    assert len(set(CONTRACT_RULES)) == len(CONTRACT_RULES) == 19
     assert CONTRACT_RULES[4] == "returnt='full' gives (logits, [stage outputs]) with the same logits"
 
 
@@ -182,7 +183,13 @@ def test_mammoth_style_subclass_passes() -> None:
         (broken.SetParamsHalfWay(), [SET_PARAMS, IDENTITY, PARAMS_COPIED], "raised RuntimeError: broke half-way"),
         (broken.SetParamsAliases(), [PARAMS_COPIED], "set_params must copy v"),
         (broken.SetGradsAliases(), [GRADS_COPIED], "set_grads must copy v"),
-        (broken.GetGradsNeedsEveryGrad(), [GRADS_COPIED, MISSING_GRADS], "raised AttributeError"),
+        (broken.GetGradsNeedsEveryGrad(), [GRADS_COPIED, MISSING_GRADS], "get_grads() raised AttributeError"),
+        (
+            broken.SetGradsOnlyExisting(),
+            [GRADS_NONE_OR_NOT],
+            "set_grads(v) left .grad None where the gradients were None",
+        ),
+        (broken.SetGradsOnlyMissing(), [SET_GRADS, GRADS_NONE_OR_NOT], "after set_grads(v) and its slice of v"),
         (
             broken.OutSkipsTheHead(),
             [HEAD, BOTH, FULL],
@@ -190,9 +197,21 @@ def test_mammoth_style_subclass_passes() -> None:
         ),
         (broken.SetParamsReplacesParameters(), [IDENTITY], "set_params replaced the Parameter objects stage1.weight"),
         (broken.GetParamsDetached(), [DIFFERENTIABLE], "get_params() is detached from the parameters"),
-        (broken.ReversedLayout(), [SET_PARAMS, DIFFERENTIABLE, SET_GRADS], "in parameters() order: values differ"),
-        (broken.SetGradsIgnored(), [SET_GRADS], "each parameter's .grad after set_grads(v) and its slice of v"),
-        (broken.SetGradsReversed(), [DIFFERENTIABLE, SET_GRADS], "get_grads() after backward through get_params()"),
+        (
+            broken.ReversedLayout(),
+            [SET_PARAMS, DIFFERENTIABLE, SET_GRADS, GRADS_NONE_OR_NOT],
+            "in parameters() order: values differ",
+        ),
+        (
+            broken.SetGradsIgnored(),
+            [SET_GRADS, GRADS_NONE_OR_NOT],
+            "each parameter's .grad after set_grads(v) and its slice of v",
+        ),
+        (
+            broken.SetGradsReversed(),
+            [DIFFERENTIABLE, SET_GRADS, GRADS_NONE_OR_NOT],
+            "get_grads() after backward through get_params()",
+        ),
         (broken.ToIgnoresDtype(), [FLOAT64], "parameters not converted to float64"),
         (broken.PrereluIgnored(), [PRERELU], "is unchanged and looks like a ReLU output"),
         (broken.PrereluChangesLogits(), [PRERELU], "the logits with and without set_return_prerelu(True)"),
@@ -227,8 +246,8 @@ def test_every_broken_rule_is_listed_not_only_the_first() -> None:
     with pytest.raises(ContractError) as info:
         check_backbone(ManyBroken(), torch.randn(3, 4))
     message = str(info.value)
-    assert message.startswith(f"ManyBroken: 3 of {len(CONTRACT_RULES)} rules broken:")
-    for rule in (UNKNOWN, FEATURE_DIM, SET_GRADS):
+    assert message.startswith(f"ManyBroken: 4 of {len(CONTRACT_RULES)} rules broken:")
+    for rule in (UNKNOWN, FEATURE_DIM, SET_GRADS, GRADS_NONE_OR_NOT):
         assert rule in message
     assert len(info.value.results) == len(CONTRACT_RULES)
 

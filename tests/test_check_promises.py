@@ -40,6 +40,7 @@ RULES = list(CONTRACT_RULES)
     DIFFERENTIABLE,
     SET_GRADS,
     GRADS_COPIED,
+    GRADS_NONE_OR_NOT,
     MISSING_GRADS,
     FLOAT64,
     PRERELU,
@@ -1150,7 +1151,15 @@ def test_get_grads_must_be_the_grads_in_order_and_read_back() -> None:
 
     assert_outcome(
         seeded(Ignored()),
-        {SET_GRADS: ("fail", differs("each parameter's .grad after set_grads(v) and its slice of v"))},
+        {
+            SET_GRADS: ("fail", differs("each parameter's .grad after set_grads(v) and its slice of v")),
+            GRADS_NONE_OR_NOT: (
+                "fail",
+                "set_grads(v) left .grad None where the gradients were None: stage1.weight, stage1.bias, "
+                "stage2.weight, stage2.bias, classifier.weight (set_grads must create a missing .grad, not only "
+                "write the existing ones)",
+            ),
+        },
     )
 
     class Stale(Marking):
@@ -1344,6 +1353,7 @@ def test_a_backbone_without_parameters_skips_what_needs_one() -> None:
         {
             CLASSIFIER: ("skip", "the backbone has no classifier attribute"),
             DIFFERENTIABLE: ("skip", "no parameter requires grad, so there is nothing to differentiate"),
+            GRADS_NONE_OR_NOT: ("skip", "the backbone has no parameters"),
             MISSING_GRADS: ("skip", "the backbone has no parameters"),
         },
     )
@@ -1767,7 +1777,7 @@ def test_everything_a_rule_changes_is_put_back() -> None:
                 p.grad = None if i == 3 else torch.full_like(p, float(i))
         before = snapshot(net)
         results = results_of(net)
-        assert [r.rule for r in results if r.status == "fail"] == [SET_PARAMS, IDENTITY, SET_GRADS]
+        assert [r.rule for r in results if r.status == "fail"] == [SET_PARAMS, IDENTITY, SET_GRADS, GRADS_NONE_OR_NOT]
         assert_as_found(net, before)
         assert "seen" not in vars(net.stage1) and "added" not in net.classifier._buffers
         assert "extra" not in net.classifier._parameters
@@ -1794,9 +1804,9 @@ def test_each_rule_starts_from_the_backbone_as_found() -> None:
     assert_outcome(
         net,
         {
-            SET_PARAMS: ("fail", "raised RuntimeError: broke half-way"),
-            IDENTITY: ("fail", "raised RuntimeError: broke half-way"),
-            PARAMS_COPIED: ("fail", "raised RuntimeError: broke half-way"),
+            SET_PARAMS: ("fail", "set_params() raised RuntimeError: broke half-way"),
+            IDENTITY: ("fail", "set_params() raised RuntimeError: broke half-way"),
+            PARAMS_COPIED: ("fail", "set_params() raised RuntimeError: broke half-way"),
         },
     )
     assert_as_found(net, before)
@@ -1830,13 +1840,13 @@ def test_errors_raised_by_the_backbone_are_reported_with_their_message() -> None
     assert_outcome(
         seeded(Raises()),
         {
-            SET_PARAMS: ("fail", "raised ValueError: no writing"),
-            IDENTITY: ("fail", "raised ValueError: no writing"),
-            PARAMS_COPIED: ("fail", "raised ValueError: no writing"),
-            DIFFERENTIABLE: ("fail", "raised KeyError: 'gradients'"),
-            SET_GRADS: ("fail", "raised KeyError: 'gradients'"),
-            GRADS_COPIED: ("fail", "raised KeyError: 'gradients'"),
-            MISSING_GRADS: ("fail", "raised KeyError: 'gradients'"),
+            SET_PARAMS: ("fail", "set_params() raised ValueError: no writing"),
+            IDENTITY: ("fail", "set_params() raised ValueError: no writing"),
+            PARAMS_COPIED: ("fail", "set_params() raised ValueError: no writing"),
+            DIFFERENTIABLE: ("fail", "get_grads() raised KeyError: 'gradients'"),
+            SET_GRADS: ("fail", "get_grads() raised KeyError: 'gradients'"),
+            GRADS_COPIED: ("fail", "get_grads() raised KeyError: 'gradients'"),
+            MISSING_GRADS: ("fail", "get_grads() raised KeyError: 'gradients'"),
         },
     )
 
@@ -1942,6 +1952,7 @@ def test_missing_methods_are_named() -> None:
             DIFFERENTIABLE: ("fail", missing.format("get_params")),
             SET_GRADS: ("fail", missing.format("get_grads")),
             GRADS_COPIED: ("fail", missing.format("get_grads")),
+            GRADS_NONE_OR_NOT: ("fail", missing.format("set_grads")),
             MISSING_GRADS: ("fail", missing.format("get_grads")),
         },
     )
@@ -1967,6 +1978,7 @@ def test_missing_methods_are_named() -> None:
             PARAMS_COPIED: ("fail", missing.format("set_params")),
             SET_GRADS: ("fail", missing.format("set_grads")),
             GRADS_COPIED: ("fail", missing.format("set_grads")),
+            GRADS_NONE_OR_NOT: ("fail", missing.format("set_grads")),
         },
     )
 

@@ -541,6 +541,8 @@ def bad_checkpoints(tmp_path: Path) -> dict[str, tuple[object, type[Exception], 
     wide = vit(seed=1)
     wide_sd = VisionTransformer(img_size=32, patch_size=8, num_classes=5, embed_dim=32, depth=2, num_heads=2)
     bad_npz = google_arrays(wide) | {"embedding/kernel": np.zeros((8, 8, 3))}
+    sparse_file = tmp_path / "sparse.pth"
+    torch.save(sd | {"head.bias": sd["head.bias"].to_sparse()}, sparse_file)
     return {
         "int": (3, TypeError, "checkpoint must be a path .* or a mapping of names to tensors, got int"),
         "bytes": (b"vit.npz", TypeError, "got bytes"),
@@ -567,6 +569,11 @@ def bad_checkpoints(tmp_path: Path) -> dict[str, tuple[object, type[Exception], 
             "'cls' must be a tensor or a numeric array",
         ),
         "both prefixes": (sd | {f"module.{k}": v for k, v in sd.items()}, ValueError, "both name"),
+        # The last entry is the bad one, so that every other entry would have been copied before it.
+        "meta": (sd | {"head.bias": torch.empty(5, device="meta")}, ValueError, "'head.bias' holds no data"),
+        "sparse": (sd | {"head.bias": sd["head.bias"].to_sparse()}, ValueError, "'head.bias' must be a dense"),
+        "sparse file": (sparse_file, ValueError, "'head.bias' must be a dense"),
+        "complex": (sd | {"head.bias": sd["head.bias"].to(torch.complex64)}, ValueError, "must hold real values"),
     }
 
 
@@ -575,6 +582,7 @@ def bad_checkpoints(tmp_path: Path) -> dict[str, tuple[object, type[Exception], 
     [
         "int", "bytes", "list", "http", "hf-hub", "hf_hub", "missing file", "directory", "garbage", "a list file",
         "a module file", "wider", "not a tensor", "integers", "3-d kernel", "strings in npz", "both prefixes",
+        "meta", "sparse", "sparse file", "complex",
     ],
 )  # fmt: skip
 def test_a_bad_checkpoint_is_refused_and_changes_nothing(tmp_path: Path, case: str) -> None:

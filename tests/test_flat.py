@@ -253,6 +253,20 @@ def test_set_grads_does_not_alias_the_callers_tensor() -> None:
     assert not torch.equal(net.get_grads(), source)
 
 
+@pytest.mark.parametrize("write", ["set_grads", "add_grads"])
+@pytest.mark.parametrize("grads_exist", [False, True])
+def test_gradients_written_from_a_vector_with_a_graph_are_plain_data(write: str, grads_exist: bool) -> None:
+    net = TinyNet()
+    if grads_exist:
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)
+    leaf = torch.randn(numel(net), requires_grad=True)
+    getattr(backbone, write)(net, leaf * 1.5)
+    for p in net.parameters():
+        assert p.grad is not None and p.grad.grad_fn is None and not p.grad.requires_grad
+    assert torch.equal(backbone.get_grads(net), (leaf * 1.5).detach())
+
+
 def test_set_grads_then_backward_accumulates() -> None:
     net = TinyNet()
     x = torch.randn(3, 4)

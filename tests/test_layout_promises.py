@@ -6,6 +6,7 @@ concatenation); every fixed error message is compared whole.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -625,3 +626,44 @@ def test_a_submodule_registered_twice_is_selected_by_either_name() -> None:
     net.second = shared  # the same module under a second name
     ((name, param),) = backbone.selected_parameters(net, ["second.weight"])
     assert param is shared.weight and name == "first.weight"
+
+
+def test_index_names_the_parameter_and_offset_of_every_element() -> None:
+    net = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 0), nn.Linear(0, 2), nn.Linear(2, 1))  # empty ones between
+    layout = backbone.flat_layout(net)
+    vector = torch.arange(float(layout.numel))
+    parts = layout.split(vector)
+    assert list(parts) == [e.name for e in layout]
+    for i in range(layout.numel):
+        name, offset = layout.index(i)
+        assert parts[name].reshape(-1)[offset] == vector[i]
+        assert layout.index(i - layout.numel) == (name, offset)
+        assert layout.index(torch.tensor(i)) == (name, offset)
+    assert all(parts[name].shape == p.shape for name, p in net.named_parameters())
+    assert parts["0.weight"].data_ptr() == vector.data_ptr()  # views, not copies
+
+
+@pytest.mark.parametrize(
+    ("i", "error", "message"),
+    [
+        (14, IndexError, "index 14 is out of range for a flat vector of 14 elements"),
+        (-15, IndexError, "index -15 is out of range"),
+        (1.0, TypeError, "i must be an integer, got float"),
+        (True, TypeError, "i must be an integer, got bool"),
+        (torch.tensor(1.0), TypeError, "got a tensor of 1 elements of dtype torch.float32"),
+        (torch.tensor([1, 2]), TypeError, "got a tensor of 2 elements"),
+        (torch.tensor(True), TypeError, "dtype torch.bool"),
+    ],
+)
+def test_index_refuses_what_is_not_an_index_into_the_vector(i: object, error: type[Exception], message: str) -> None:
+    layout = backbone.flat_layout(nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2)))
+    with pytest.raises(error, match=re.escape(message)):
+        layout.index(i)  # type: ignore[arg-type]
+
+
+def test_split_refuses_a_vector_of_another_layout() -> None:
+    layout = backbone.flat_layout(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match=r"1-D tensor of 8 elements"):
+        layout.split(torch.zeros(9))
+    with pytest.raises(TypeError, match=r"must be a torch\.Tensor, got list"):
+        layout.split([0.0] * 8)  # type: ignore[arg-type]

@@ -61,6 +61,28 @@ def test_rows_equal_the_per_example_loop(name: str) -> None:
     assert all(p.grad is None for p in net.parameters())  # nothing written to the model
 
 
+@pytest.mark.parametrize("name", NETS)
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "inference_mode_inputs"])
+def test_rows_and_fisher_are_the_same_in_every_grad_context(name: str, context: str) -> None:
+    """Under no_grad and inference_mode (inputs made there or outside), both ways give the loop's rows."""
+    torch.manual_seed(0)
+    make, shape = NETS[name]
+    net = make()
+    x, y = torch.randn(shape), torch.randint(0, 2, (shape[0],))
+    expected = loop_rows(net, F.cross_entropy, x, y)
+    expected_fisher = fisher_diagonal(net, [(x, y)])
+    assert float(expected.abs().sum()) > 0
+    with torch.no_grad() if context == "no_grad" else torch.inference_mode():
+        if context == "inference_mode_inputs":
+            x, y = x.clone(), y.clone()
+            assert x.is_inference()
+        rows = per_sample_grads(net, F.cross_entropy, x, y)
+        fisher = fisher_diagonal(net, [(x, y)])
+    assert_rows_close(rows, expected)
+    assert_rows_close(fisher[None], expected_fisher[None])
+    assert all(p.grad is None for p in net.parameters())
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 100])
 def test_chunks_give_the_same_rows(chunk_size: int) -> None:
     torch.manual_seed(1)

@@ -308,6 +308,22 @@ def test_unmerge_refuses_after_the_merged_weight_changed_and_changes_nothing() -
     assert "lora_proj" in net.blocks[0].tuning
 
 
+@pytest.mark.parametrize("convert", ["none", "double", "deepcopy"])
+def test_unmerge_refuses_a_write_through_data_which_moves_no_version_counter(convert: str) -> None:
+    net = tiny(dtype=torch.float32)
+    for lora in add_lora(net, 2, sites=["fc1"]):
+        randomise(lora)
+    merge_lora(net)
+    net = {"none": lambda n: n, "double": lambda n: n.double(), "deepcopy": copy.deepcopy}[convert](net)
+    weight = net.blocks[1].mlp.fc1.weight
+    weight.data.add_(1e-12 if convert == "double" else 1.0)  # 1e-12 is below float32's rounding, not float64's
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="changed since merge_lora"):
+        unmerge_lora(net)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert all(lora.merged for lora in net.modules() if isinstance(lora, backbone.LoRA))
+
+
 def test_merged_state_follows_the_model_to_another_dtype_refusal_not_corruption() -> None:
     net = tiny()
     for lora in add_lora(net, 2, sites=["fc1"]):
