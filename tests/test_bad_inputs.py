@@ -286,7 +286,7 @@ MATRIX = [
     Bad("grow/factored-optimizer-state", lambda n: n.grow_classifier(5, optimizer=n.optimizer), TypeError, "only state shaped like the parameter (or scalars) can be carried", adafactor_after_a_step),
     Bad("grow/type", lambda n: n.grow_classifier(3.0), TypeError, "num_classes must be an int"),
     Bad("grow/optimizer", lambda n: n.grow_classifier(4, optimizer="adam"), TypeError, "optimizer must be a torch.optim.Optimizer"),
-    Bad("grow/non-linear-head", lambda n: n.grow_classifier(4), TypeError, "needs a torch.nn.Linear classifier", lambda: SequentialHead()),
+    Bad("grow/non-linear-head", lambda n: n.grow_classifier(4), TypeError, "needs a torch.nn.Linear classifier or one with a grow_classes method", lambda: SequentialHead()),
     Bad("grow/parametrized-head", lambda n: n.grow_classifier(4), TypeError, "to be a parameter, got one computed", lambda: WeightNormHead()),
     Bad("grow/module", lambda n: backbone.grow_classifier("net", 3), TypeError, "expected a torch.nn.Module, got"),
     Bad("layout/module", lambda n: backbone.flat_layout(None), TypeError, "expected a torch.nn.Module, got"),

@@ -10,7 +10,7 @@ with the module names timm's ``vision_transformer.py`` uses: a checkpoint of
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
@@ -18,8 +18,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._checks import allowed_dtypes, check_bool, check_input, check_output_fmt, check_positive_ints
-from ..base import BackboneOutput, MammothBackbone, ReturnType, feature_take_indices
+from .._checks import (
+    allowed_dtypes,
+    check_bool,
+    check_input,
+    check_num_classes,
+    check_output_fmt,
+    check_positive_ints,
+)
+from ..base import BackboneOutput, MammothBackbone, ReturnType, check_returnt, feature_take_indices
 from ..registry import register_backbone
 
 __all__ = [
@@ -92,12 +99,16 @@ class Attention(nn.Module):
         tuning: _Hooks = _NO_HOOKS,
         prefix: Tensor | None = None,
         ab: dict[str, _Delta] | None = None,
+        value: Tensor | None = None,
     ) -> Tensor:
         ab = ab or {}
         batch, tokens, dim = x.shape
         heads = self.num_heads
         qkv = _project(self.qkv, x, tuning, "qkv", ab.get("qkv"))
         q, k, v = qkv.reshape(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+        if value is not None:
+            # value: [batch, dim], added to every token's value vector (STAR-Prompt's second stage).
+            v = v + value.reshape(batch, heads, 1, dim // heads)
         if prefix is not None:
             # prefix: [batch, 2, length, dim], keys then values, put before
             # the projected keys and values (prefix tuning).
@@ -127,17 +138,23 @@ class Block(nn.Module):
     :mod:`backbone.tuning`); it is empty, and holds no parameters, by default.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, norm_eps: float = 1e-6) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.tuning = nn.ModuleDict()
 
-    def forward(self, x: Tensor, prefix: Tensor | None = None, ab: dict[str, _Delta] | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        prefix: Tensor | None = None,
+        ab: dict[str, _Delta] | None = None,
+        value: Tensor | None = None,
+    ) -> Tensor:
         tuning = self.tuning
-        x = x + self.attn(_ssf(tuning, "norm1", self.norm1(x)), tuning, prefix, ab)
+        x = x + self.attn(_ssf(tuning, "norm1", self.norm1(x)), tuning, prefix, ab, value)
         out = self.mlp(_ssf(tuning, "norm2", self.norm2(x)), tuning, ab)
         if "adapter" not in tuning:
             return x + out  # type: ignore[no-any-return]
@@ -145,12 +162,26 @@ class Block(nn.Module):
         return x + (out + adapter(x if adapter.mode == "parallel" else out))  # type: ignore[no-any-return]
 
 
-class _CallInputs(NamedTuple):
-    """What a call adds, checked and keyed by block index: prompts ``[B, L, D]``, prefixes ``[B, 2, L, D]``, deltas."""
+PromptSource = Tensor | Callable[[Tensor], Tensor]
+"""A block's prompts: tokens ``[B, L, D]`` (or ``[L, D]``), or a function of the block's input tokens giving them."""
 
-    prompts: dict[int, Tensor]
+PROMPT_MODES: tuple[str, ...] = ("replace", "add")
+GLOBAL_POOLS: tuple[str, ...] = ("token", "avg", "prompt", "token+prompt")
+FULL_FORMATS: tuple[str, ...] = ("NCHW", "NLC", "mammoth")
+
+
+class _CallInputs(NamedTuple):
+    """What a call adds, checked and keyed by block index.
+
+    Prompts ``[B, L, D]`` (or functions of the block's input), prefixes
+    ``[B, 2, L, D]``, deltas, value offsets ``[B, D]``, and how prompts combine.
+    """
+
+    prompts: dict[int, PromptSource]
     prefixes: dict[int, Tensor]
     ab: dict[int, dict[str, _Delta]]
+    values: dict[int, Tensor]
+    prompt_mode: str
 
 
 def _per_block(value: object, depth: int, name: str, *, tensor_means_block_0: bool = False) -> dict[int, Any]:
@@ -191,16 +222,23 @@ def _check_like(t: object, ref: Tensor, what: str) -> Tensor:
     return t
 
 
-def _batched(t: object, batch: int, tail: tuple[int | None, ...], ref: Tensor, what: str) -> Tensor:
-    """``t`` as ``[batch, *tail]``, from ``[batch, *tail]``, ``[1, *tail]`` or ``tail`` (None: any positive size)."""
+def _batched(
+    t: object, batch: int, tail: tuple[int | None, ...], ref: Tensor, what: str, *, empty: bool = False
+) -> Tensor:
+    """``t`` as ``[batch, *tail]``, from ``[batch, *tail]``, ``[1, *tail]`` or ``tail`` (None: any size L > 0).
+
+    With ``empty``, L may be 0.
+    """
     t = _check_like(t, ref, what)
     given = tuple(t.shape)
     shape = (1, *given) if len(given) == len(tail) else given
+    least = 0 if empty else 1
     fits = len(shape) == len(tail) + 1 and shape[0] in (1, batch)
-    fits = fits and all(s > 0 if want is None else s == want for s, want in zip(shape[1:], tail, strict=False))
+    fits = fits and all(s >= least if want is None else s == want for s, want in zip(shape[1:], tail, strict=False))
     if not fits:
         dims = ", ".join("L" if want is None else str(want) for want in tail)
-        raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}] with L > 0, got shape {given}")
+        bound = "with L >= 0" if empty else "with L > 0" if None in tail else ""
+        raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}] {bound}, got shape {given}".replace(" ,", ","))
     return t.reshape(shape).expand(batch, *shape[1:])
 
 
@@ -292,18 +330,25 @@ class VisionTransformer(MammothBackbone):
         mlp_ratio: float = 4.0,
         qkv_bias: bool = True,
         in_chans: int = 3,
+        *,
+        global_pool: str = "token",
+        norm_eps: float = 1e-6,
     ) -> None:
         check_positive_ints(
             img_size=img_size,
             patch_size=patch_size,
-            num_classes=num_classes,
             embed_dim=embed_dim,
             depth=depth,
             num_heads=num_heads,
             in_chans=in_chans,
         )
+        check_num_classes(num_classes)
         if img_size % patch_size:
             raise ValueError(f"img_size must be a multiple of patch_size, got {img_size} and {patch_size}")
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {', '.join(map(repr, GLOBAL_POOLS))}, got {global_pool!r}")
+        if isinstance(norm_eps, bool) or not isinstance(norm_eps, int | float) or not 0 < norm_eps < math.inf:
+            raise ValueError(f"norm_eps must be a positive finite number, got {norm_eps!r}")
         super().__init__()
         self.return_prerelu = False
         self.num_prefix_tokens = 1
@@ -311,9 +356,12 @@ class VisionTransformer(MammothBackbone):
         num_patches = self.patch_embed.grid_size[0] * self.patch_embed.grid_size[1]
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + num_patches, embed_dim))
-        self.blocks = nn.Sequential(*[Block(embed_dim, num_heads, mlp_ratio, qkv_bias) for _ in range(depth)])
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.head = nn.Linear(embed_dim, num_classes)
+        self.global_pool = global_pool
+        self.blocks = nn.Sequential(
+            *[Block(embed_dim, num_heads, mlp_ratio, qkv_bias, float(norm_eps)) for _ in range(depth)]
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=float(norm_eps))
+        self.head: nn.Module = nn.Linear(embed_dim, num_classes) if num_classes else nn.Identity()
         self.feature_dim = embed_dim
         self.feature_info = [
             {"num_chs": embed_dim, "reduction": patch_size, "module": f"blocks.{i}"} for i in range(depth)
@@ -427,36 +475,32 @@ class VisionTransformer(MammothBackbone):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return x + self.pos_embed
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         x: Tensor,
+        AB: Mapping[int, Mapping[str, Any]] | str | None = None,
         returnt: ReturnType = "out",
         *,
-        prompts: Tensor | Mapping[int, Tensor] | None = None,
+        prompts: PromptSource | Mapping[int, PromptSource] | None = None,
+        prompt_mode: str = "replace",
         prefixes: Mapping[int, Tensor] | None = None,
-        AB: Mapping[int, Mapping[str, Any]] | None = None,
+        values: Mapping[int, Tensor] | None = None,
+        full_fmt: str = "NCHW",
     ) -> BackboneOutput:
         """Run the ViT and return what ``returnt`` selects, with prompts, prefixes or deltas given at the call.
 
-        The three keyword arguments are for methods that choose what to add
-        per call or per sample (a prompt pool, a LoRA per task); hooks that
-        stay with the model are attached with :mod:`backbone.tuning` instead.
-        Block indices count from 0. All are checked before anything runs.
+        The second argument is Mammoth's: ``net(x, AB)`` and
+        ``net(x, AB, returnt)`` work as on Mammoth's ViT, and
+        ``net(x, "features")`` as on every backbone (a string there is
+        ``returnt``). The keyword arguments are for methods that choose what
+        to add per call or per sample (a prompt pool, a LoRA per task);
+        hooks that stay with the model are attached with
+        :mod:`backbone.tuning` instead. Block indices count from 0. Tensors
+        are checked before anything runs; what a prompt function returns is
+        checked when it returns.
 
         Args:
             x: the input batch ``[B, C, H, W]``.
-            returnt: ``'out'``, ``'features'``, ``'both'`` or ``'full'``, as
-                for every backbone. ``'full'`` stages are the patch tokens
-                only: class token and prompts are left out.
-            prompts: tokens put after the class token: one tensor (before
-                block 0, where they stay) or ``{block: tensor}`` (before each
-                of those blocks, replacing the prompts an earlier block got).
-                Each is ``[B, L, D]``, or ``[L, D]`` / ``[1, L, D]`` for the
-                same prompts on every sample. The class token stays the
-                features.
-            prefixes: ``{block: tensor [B, 2, L, D]}`` (or ``[2, L, D]``):
-                keys (index 0) and values (index 1) put before that block's
-                projected keys and values, as DualPrompt and CODA-Prompt do.
             AB: Mammoth's low-rank deltas, ``{block: {layer: delta}}`` with
                 ``layer`` one of ``'qkv'``, ``'proj'``, ``'fc1'``, ``'fc2'``
                 and ``delta`` a weight delta ``B`` (``[..., out, in]``),
@@ -465,13 +509,38 @@ class VisionTransformer(MammothBackbone):
                 ``B @ A``). The layer computes ``x @ (W + delta).T + b``;
                 leading dimensions of the delta broadcast against
                 ``[B, 1]`` and are summed, as in Mammoth.
+            returnt: ``'out'``, ``'features'``, ``'both'`` or ``'full'``, as
+                for every backbone; ``full_fmt`` says what ``'full'`` gives.
+            prompts: tokens put after the class token: one tensor (before
+                block 0) or ``{block: prompts}``. Each is ``[B, L, D]``, or
+                ``[L, D]`` / ``[1, L, D]`` for the same prompts on every
+                sample, or a function that takes the block's input tokens
+                ``[B, 1 + P + N, D]`` (class token, the ``P`` prompts present,
+                patches) and returns them (DAP's prompts made from the
+                block's input; at block 0 it sees the embedding's output).
+            prompt_mode: ``'replace'`` (a block's prompts take the place of
+                those present, VPT-deep; ``L = 0`` removes them) or ``'add'``
+                (they join those present, in front of them, as DualPrompt's
+                prompt tuning does).
+            prefixes: ``{block: tensor [B, 2, L, D]}`` (or ``[2, L, D]``):
+                keys (index 0) and values (index 1) put before that block's
+                projected keys and values, as DualPrompt and CODA-Prompt do.
+            values: ``{block: tensor [B, D]}`` (or ``[D]``): added to the
+                value vector of every token in that block's attention, per
+                sample (STAR-Prompt's second stage).
+            full_fmt: what ``'full'`` gives as stages: ``'NCHW'`` (timm's
+                default, each block's patch tokens as a map ``[B, D, H/p,
+                W/p]``), ``'NLC'`` (those tokens ``[B, N, D]``) or
+                ``'mammoth'`` (Mammoth's ViT: each block's whole sequence
+                ``[B, 1 + P + N, D]``, then the normed final one: depth + 1
+                tensors).
 
         Returns:
             A tensor, or a tuple, as for every backbone.
 
         Raises:
             TypeError: an argument of the wrong type or dtype.
-            ValueError: a bad ``returnt``, block index, layer name or
+            ValueError: a bad ``returnt``, mode, block index, layer name or
                 shape, or prompts given for a block whose prompts are
                 attached.
 
@@ -484,61 +553,125 @@ class VisionTransformer(MammothBackbone):
             >>> tokens.shape                                 # class token, 5 prompts, 64 patches
             torch.Size([2, 70, 192])
             >>> delta = {"A": torch.zeros(4, 192), "B": torch.zeros(576, 4)}
-            >>> torch.equal(net(x, AB={0: {"qkv": delta}}), net(x))
+            >>> torch.equal(net(x, {0: {"qkv": delta}}), net(x))   # Mammoth's net(x, AB)
             True
             >>> prefix = torch.zeros(2, 2, 3, 192)          # 3 key and 3 value tokens per sample
             >>> net(x, returnt="both", prefixes={0: prefix, 5: prefix})[1].shape
             torch.Size([2, 192])
+            >>> _, stages = net(x, returnt="full", full_fmt="mammoth")
+            >>> len(stages), stages[0].shape
+            (13, torch.Size([2, 65, 192]))
         """
-        return self._forward_returnt(x, returnt, prompts=prompts, prefixes=prefixes, AB=AB)
+        if isinstance(AB, str):  # net(x, "features"): the backbone API's positional returnt
+            if returnt != "out":
+                raise TypeError(f"returnt given twice: {AB!r} as the second argument and {returnt!r} by name")
+            AB, returnt = None, cast(ReturnType, AB)
+        returnt = check_returnt(returnt)
+        if full_fmt not in FULL_FORMATS:
+            raise ValueError(f"full_fmt must be one of {', '.join(map(repr, FULL_FORMATS))}, got {full_fmt!r}")
+        inputs = self._call_inputs(x, prompts, prefixes, AB, values, prompt_mode)
+        depth = len(self.blocks)
+        wanted = set(range(depth)) if returnt == "full" else set()
+        final, taken, prompted = self._run_blocks(x, inputs, depth - 1, wanted)
+        final = self.norm(final)
+        features = self._pool(final, prompted)
+        if returnt == "features":
+            return features
+        logits = cast(Tensor, self.head(features))
+        if returnt == "out":
+            return logits
+        if returnt == "both":
+            return logits, features
+        if full_fmt == "mammoth":
+            return logits, [t for t, _ in taken] + [final]
+        return logits, self._stages(x, taken, full_fmt)
 
-    def forward_features(
+    def forward_features(  # type: ignore[override]
         self,
         x: Tensor,
-        *,
-        prompts: Tensor | Mapping[int, Tensor] | None = None,
-        prefixes: Mapping[int, Tensor] | None = None,
         AB: Mapping[int, Mapping[str, Any]] | None = None,
-    ) -> Tensor:
+        return_all: bool = False,
+        *,
+        prompts: PromptSource | Mapping[int, PromptSource] | None = None,
+        prompt_mode: str = "replace",
+        prefixes: Mapping[int, Tensor] | None = None,
+        values: Mapping[int, Tensor] | None = None,
+    ) -> Tensor | list[Tensor]:
         """Return the token sequence ``[B, 1 + P + N, D]`` after the final LayerNorm.
 
         ``P`` is the number of prompt tokens present after the last block
-        (0 without prompts); the keyword arguments are :meth:`forward`'s.
+        (0 without prompts). ``AB`` and ``return_all`` are Mammoth's
+        positional arguments: with ``return_all``, the list of every
+        block's output and then the normed final tokens (depth + 1 tensors),
+        as Mammoth's ``forward_features(x, AB, return_all=True)`` gives. The
+        keyword arguments are :meth:`forward`'s.
 
         Example:
             >>> import torch
             >>> from backbone import vit_tiny_patch4_32
-            >>> vit_tiny_patch4_32(10).forward_features(torch.zeros(1, 3, 32, 32)).shape
+            >>> net = vit_tiny_patch4_32(10)
+            >>> net.forward_features(torch.zeros(1, 3, 32, 32)).shape
             torch.Size([1, 65, 192])
+            >>> len(net.forward_features(torch.zeros(1, 3, 32, 32), {}, True))
+            13
         """
-        inputs = self._call_inputs(x, prompts, prefixes, AB)
-        final, _ = self._run_blocks(x, inputs, len(self.blocks) - 1, set())
-        return cast(Tensor, self.norm(final))
+        check_bool("return_all", return_all)
+        inputs = self._call_inputs(x, prompts, prefixes, AB, values, prompt_mode)
+        depth = len(self.blocks)
+        final, taken, _ = self._run_blocks(x, inputs, depth - 1, set(range(depth)) if return_all else set())
+        final = cast(Tensor, self.norm(final))
+        return [t for t, _ in taken] + [final] if return_all else final
 
     def _run_blocks(
         self, x: Tensor, inputs: _CallInputs, last: int, wanted: set[int]
-    ) -> tuple[Tensor, list[tuple[Tensor, int]]]:
-        """Embed, then run blocks 0..``last``; also return each wanted block's output with its prompt count."""
+    ) -> tuple[Tensor, list[tuple[Tensor, int]], int]:
+        """Embed, then run blocks 0..``last``.
+
+        Returns the last block's output, each wanted block's output with the
+        number of prompt tokens in it, and the number of prompts at the end.
+        Prompts sit right after the class token; in ``'add'`` mode a block's
+        prompts go in front of those present (attention does not depend on
+        the tokens' order, so this gives DualPrompt's tokens, the class
+        token moved to the front).
+        """
+        batch = x.shape[0]
         x = self._embed(x)
         taken, prompted = [], 0
         for i, block in enumerate(list(self.blocks)[: last + 1]):
             prompt = inputs.prompts.get(i)
             if prompt is not None:
-                x = torch.cat([x[:, :1], prompt, x[:, 1 + prompted :]], dim=1)
-                prompted = prompt.shape[1]
-            x = block(x, inputs.prefixes.get(i), inputs.ab.get(i))
+                if not isinstance(prompt, Tensor):
+                    made = prompt(x)
+                    prompt = _batched(
+                        made, batch, (None, self.feature_dim), self.cls_token, f"the prompts made for block {i}",
+                        empty=True,
+                    )  # fmt: skip
+                if inputs.prompt_mode == "replace":
+                    x = torch.cat([x[:, :1], prompt, x[:, 1 + prompted :]], dim=1)
+                    prompted = prompt.shape[1]
+                else:
+                    x = torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
+                    prompted += prompt.shape[1]
+            x = block(x, inputs.prefixes.get(i), inputs.ab.get(i), inputs.values.get(i))
             if i in wanted:
                 taken.append((x, prompted))
-        return x, taken
+        return x, taken, prompted
 
-    def _call_inputs(self, x: Tensor, prompts: object, prefixes: object, ab: object) -> _CallInputs:
-        """Check the call-time prompts, prefixes and deltas against the batch; add the attached prompts."""
+    def _call_inputs(
+        self, x: Tensor, prompts: object, prefixes: object, ab: object, values: object, prompt_mode: object
+    ) -> _CallInputs:
+        """Check the call-time prompts, prefixes, deltas and values against the batch; add the attached prompts."""
         proj = self.patch_embed.proj
         check_input(self, x, proj.weight, channels=proj.in_channels)
+        if prompt_mode not in PROMPT_MODES:
+            raise ValueError(f"prompt_mode must be one of {', '.join(map(repr, PROMPT_MODES))}, got {prompt_mode!r}")
         batch, depth, dim = x.shape[0], len(self.blocks), self.feature_dim
         given = _per_block(prompts, depth, "prompts", tensor_means_block_0=True)
-        checked = {
-            i: _batched(t, batch, (None, dim), self.cls_token, f"prompts for block {i}") for i, t in given.items()
+        checked: dict[int, PromptSource] = {
+            i: t
+            if callable(t) and not isinstance(t, Tensor)
+            else _batched(t, batch, (None, dim), self.cls_token, f"prompts for block {i}", empty=True)
+            for i, t in given.items()
         }
         if "prompts" in self.tuning:
             attached = cast(Any, self.tuning["prompts"])
@@ -550,8 +683,12 @@ class VisionTransformer(MammothBackbone):
             i: _batched(t, batch, (2, None, dim), self.cls_token, f"prefixes for block {i}")
             for i, t in _per_block(prefixes, depth, "prefixes").items()
         }
+        offsets = {
+            i: _batched(t, batch, (dim,), self.cls_token, f"values for block {i}")
+            for i, t in _per_block(values, depth, "values").items()
+        }
         deltas = {i: self._block_deltas(i, d, batch) for i, d in _per_block(ab, depth, "AB").items()}
-        return _CallInputs(checked, pre, {i: d for i, d in deltas.items() if d})
+        return _CallInputs(checked, pre, {i: d for i, d in deltas.items() if d}, offsets, prompt_mode)
 
     def _block_deltas(self, index: int, given: object, batch: int) -> dict[str, _Delta]:
         if not isinstance(given, Mapping):
@@ -566,8 +703,22 @@ class VisionTransformer(MammothBackbone):
                 deltas[site] = _delta(delta, layers[site], batch, f"AB[{index}][{site!r}]")
         return deltas
 
-    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Take the class token as the features, then classify.
+    def _pool(self, x: Tensor, prompted: int) -> Tensor:
+        """The features of tokens ``[B, 1 + P + N, D]`` with ``P = prompted``, as ``global_pool`` says."""
+        pool = self.global_pool
+        if pool == "token":
+            return x[:, 0]
+        if pool == "avg":
+            return x[:, 1 + prompted :].mean(dim=1)
+        if prompted == 0:
+            raise ValueError(f"global_pool={pool!r} pools the prompt tokens, but the call has none")
+        return x[:, 1 : 1 + prompted].mean(dim=1) if pool == "prompt" else x[:, : 1 + prompted].mean(dim=1)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False, *, num_prompts: int = 0) -> Tensor:
+        """Pool the tokens as ``global_pool`` says (the class token by default), then classify.
+
+        ``num_prompts`` is the number of prompt tokens after the class token
+        in ``x`` (what ``'avg'``, ``'prompt'`` and ``'token+prompt'`` need).
 
         Example:
             >>> import torch
@@ -577,8 +728,18 @@ class VisionTransformer(MammothBackbone):
             >>> net.forward_head(tokens, pre_logits=True).shape, net.forward_head(tokens).shape
             (torch.Size([1, 192]), torch.Size([1, 10]))
         """
-        x = x[:, 0]
+        if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 0:
+            raise ValueError(f"num_prompts must be a non-negative int, got {num_prompts!r}")
+        x = self._pool(x, num_prompts)
         return x if pre_logits else cast(Tensor, self.head(x))
+
+    def _stages(self, x: Tensor, taken: list[tuple[Tensor, int]], output_fmt: str) -> list[Tensor]:
+        """The patch tokens of each taken block's output, as tokens ``[B, N, D]`` or maps ``[B, D, H/p, W/p]``."""
+        tokens = [t[:, self.num_prefix_tokens + prompted :] for t, prompted in taken]
+        if output_fmt == "NLC":
+            return tokens
+        grid = (x.shape[-2] // self.patch_embed.patch_size, x.shape[-1] // self.patch_embed.patch_size)
+        return [t.reshape(x.shape[0], *grid, -1).permute(0, 3, 1, 2).contiguous() for t in tokens]
 
     def forward_intermediates(  # type: ignore[override]
         self,
@@ -590,9 +751,11 @@ class VisionTransformer(MammothBackbone):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
         *,
-        prompts: Tensor | Mapping[int, Tensor] | None = None,
+        prompts: PromptSource | Mapping[int, PromptSource] | None = None,
+        prompt_mode: str = "replace",
         prefixes: Mapping[int, Tensor] | None = None,
         AB: Mapping[int, Mapping[str, Any]] | None = None,
+        values: Mapping[int, Tensor] | None = None,
     ) -> list[Tensor] | list[tuple[Tensor, Tensor]] | tuple[Tensor, list[Tensor]]:
         """Return the final tokens and the output of the blocks ``indices`` selects, as timm's ViT does.
 
@@ -614,8 +777,10 @@ class VisionTransformer(MammothBackbone):
                 is left out of either.
             intermediates_only: return only the intermediates.
             prompts: as for :meth:`forward`.
+            prompt_mode: as for :meth:`forward`.
             prefixes: as for :meth:`forward`.
             AB: as for :meth:`forward`.
+            values: as for :meth:`forward`.
 
         Returns:
             ``(final, intermediates)`` or the intermediates alone.
@@ -637,21 +802,17 @@ class VisionTransformer(MammothBackbone):
         ):
             check_bool(flag, value)
         take, last = feature_take_indices(len(self.blocks), indices)
-        inputs = self._call_inputs(x, prompts, prefixes, AB)
-        batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
-        x, taken = self._run_blocks(x, inputs, last if stop_early else len(self.blocks) - 1, set(take))
+        inputs = self._call_inputs(x, prompts, prefixes, AB, values, prompt_mode)
+        final, taken, _ = self._run_blocks(x, inputs, last if stop_early else len(self.blocks) - 1, set(take))
         taken = [(self.norm(t) if norm else t, prompted) for t, prompted in taken]
-        prefix = [t[:, : self.num_prefix_tokens + prompted] for t, prompted in taken]
-        intermediates = [t[:, self.num_prefix_tokens + prompted :] for t, prompted in taken]
-        if output_fmt == "NCHW":
-            grid = (height // self.patch_embed.patch_size, width // self.patch_embed.patch_size)
-            intermediates = [t.reshape(batch, *grid, -1).permute(0, 3, 1, 2).contiguous() for t in intermediates]
+        intermediates = self._stages(x, taken, output_fmt)
         result: list[Tensor] | list[tuple[Tensor, Tensor]] = intermediates
         if return_prefix_tokens:
+            prefix = [t[:, : self.num_prefix_tokens + prompted] for t, prompted in taken]
             result = list(zip(intermediates, prefix, strict=True))
         if intermediates_only:
             return result
-        return self.norm(x), result  # type: ignore[return-value]
+        return self.norm(final), result  # type: ignore[return-value]
 
 
 def _vit(num_classes: int, **kwargs: Any) -> VisionTransformer:
