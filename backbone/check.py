@@ -115,6 +115,17 @@ def _tensor(value: object, what: str, batch: int, dim: int | None = None) -> Ten
     return value
 
 
+@contextmanager
+def _calling(what: str) -> Iterator[None]:
+    """Report an error the backbone raises in the block as a failure naming the call that raised it."""
+    try:
+        yield
+    except (_Fail, _Skip):
+        raise
+    except Exception as error:
+        raise _Fail(f"{what} raised {type(error).__name__}: {error}") from None
+
+
 class _Checker:
     def __init__(self, net: nn.Module, x: Tensor, rtol: float, atol: float) -> None:
         self.net, self.x, self.rtol, self.atol = net, x, rtol, atol
@@ -131,20 +142,20 @@ class _Checker:
     def out(self) -> Tensor:
         if self._out is None:
             with torch.no_grad():
-                self._out = _tensor(self.net(self.x, returnt="out"), "returnt='out'", self.batch, dim=2)
+                self._out = _tensor(self._forward("out"), "returnt='out'", self.batch, dim=2)
         return self._out
 
     def features(self) -> Tensor:
         if self._features is None:
             with torch.no_grad():
-                self._features = _tensor(self.net(self.x, returnt="features"), "returnt='features'", self.batch, dim=2)
+                self._features = _tensor(self._forward("features"), "returnt='features'", self.batch, dim=2)
         return self._features
 
     # Each rule returns nothing when it holds, raises _Fail or _Skip otherwise.
 
     def rule_out(self) -> None:
         out = self.out()
-        with torch.no_grad():
+        with torch.no_grad(), _calling("forward(x)"):
             default = self.net(self.x)
         _tensor(default, "the default returnt", self.batch)
         self.close(default, out, "the default returnt and returnt='out'")
@@ -159,7 +170,11 @@ class _Checker:
                 final = forward_features(self.x)
             except NotImplementedError:
                 raise _Skip("the backbone writes its own forward and does not implement forward_features") from None
-            logits = _tensor(forward_head(final), "forward_head(forward_features(x))", self.batch)
+            except Exception as error:
+                raise _Fail(f"forward_features(x) raised {type(error).__name__}: {error}") from None
+            with _calling("forward_head(forward_features(x))"):
+                head = forward_head(final)
+            logits = _tensor(head, "forward_head(forward_features(x))", self.batch)
         self.close(logits, self.out(), "forward_head(forward_features(x)) and returnt='out'")
 
     def rule_features(self) -> None:
@@ -167,7 +182,7 @@ class _Checker:
 
     def rule_both(self) -> None:
         with torch.no_grad():
-            both = self.net(self.x, returnt="both")
+            both = self._forward("both")
         _require(
             isinstance(both, tuple) and len(both) == 2, f"should be a tuple (logits, features), got {_describe(both)}"
         )
@@ -178,7 +193,7 @@ class _Checker:
 
     def rule_full(self) -> None:
         with torch.no_grad():
-            full = self.net(self.x, returnt="full")
+            full = self._forward("full")
         _require(
             isinstance(full, tuple) and len(full) == 2,
             f"should be a tuple (logits, [stage outputs]), got {_describe(full)}",
@@ -214,7 +229,9 @@ class _Checker:
             raise _Skip("the backbone has no classifier attribute")
         _require(callable(classifier), f"classifier should be a module, got {type(classifier).__name__}")
         with torch.no_grad():
-            logits = classifier(self.features())
+            features = self.features()
+            with _calling("classifier(features)"):
+                logits = classifier(features)
         self.close(
             _tensor(logits, "classifier(features)", self.batch), self.out(), "classifier(features) and the logits"
         )
@@ -229,16 +246,18 @@ class _Checker:
             f"feature_dim is {feature_dim!r} but the features have D = {actual}",
         )
 
+    def _forward(self, returnt: str) -> Any:
+        with _calling(f"forward(x, returnt={returnt!r})"):
+            return self.net(self.x, returnt=returnt)
+
     def _method(self, name: str) -> Callable[..., Any]:
         method = getattr(self.net, name, None)
         _require(callable(method), f"the backbone has no {name}() method (inherit from MammothBackbone)")
 
         def call(*args: Any) -> Any:
-            try:
+            # The rule's detail names the call that raised, not only the rule it was part of.
+            with _calling(f"{name}()"):
                 return cast(Callable[..., Any], method)(*args)
-            except Exception as error:
-                # The rule's detail names the call that raised, not only the rule it was part of.
-                raise _Fail(f"{name}() raised {type(error).__name__}: {error}") from None
 
         return call
 
@@ -274,13 +293,13 @@ class _Checker:
         target = self._pattern(
             torch.empty(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
         )
-        # After zero_grad() (every .grad None, torch's default) and with every .grad a tensor: A-GEM's
-        # zero_grad(); set_grads(g); step() needs the first.
-        for grads_exist in (False, True):
-            for p in params:
-                p.grad = torch.zeros_like(p) if grads_exist else None
+        # After zero_grad() (every .grad None, torch's default), with every .grad a tensor, and mixed (a branch
+        # a backward did not reach): A-GEM's zero_grad(); set_grads(g); step() needs the first.
+        for state in ("were None", "existed", "were None for every other parameter"):
+            for i, p in enumerate(params):
+                exists = state == "existed" or (state != "were None" and i % 2 == 1)
+                p.grad = torch.zeros_like(p) if exists else None
             set_grads(target)
-            state = "existed" if grads_exist else "were None"
             missing = [name for name, p in self.net.named_parameters() if p.grad is None]
             _require(
                 not missing,
@@ -305,7 +324,7 @@ class _Checker:
         )
         set_params(flat)
         with torch.no_grad():
-            self.close(self.net(self.x, returnt="out"), self.out(), "the logits after set_params(get_params())")
+            self.close(self._forward("out"), self.out(), "the logits after set_params(get_params())")
 
     def rule_params_copied(self) -> None:
         get_params, set_params = self._method("get_params"), self._method("set_params")
@@ -404,7 +423,7 @@ class _Checker:
         get_grads, set_grads = self._method("get_grads"), self._method("set_grads")
         self.net.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            out = self.net(self.x, returnt="out")
+            out = self._forward("out")
             if isinstance(out, Tensor) and out.requires_grad:
                 torch.autograd.backward(out.double().sum())
         grads = self._flat(get_grads(), "get_grads()").detach().clone()
@@ -417,7 +436,7 @@ class _Checker:
         self.close(self._flat(get_grads(), "get_grads()").cpu(), target.cpu(), "get_grads() after set_grads(v)")
         set_grads(grads)
         with torch.no_grad():
-            self.close(self.net(self.x, returnt="out"), self.out(), "the logits after a grads round-trip")
+            self.close(self._forward("out"), self.out(), "the logits after a grads round-trip")
 
     def rule_prerelu(self) -> None:
         toggle = getattr(self.net, "set_return_prerelu", None)
@@ -492,13 +511,16 @@ class _Checker:
             twin = copy.deepcopy(self.net)
         except Exception as error:
             raise _Skip(f"the backbone cannot be deep-copied, so to() was not tried on it: {error}") from None
-        moved = twin.to(torch.float64)
+        with _calling("to(torch.float64)"):
+            moved = twin.to(torch.float64)
         _require(moved is twin, f"to() should return the backbone itself, got {_describe(moved)}")
         wrong = [name for name, p in twin.named_parameters() if p.is_floating_point() and p.dtype != torch.float64]
         _require(not wrong, f"parameters not converted to float64: {', '.join(wrong[:5])}")
         x = self.x.double() if self.x.is_floating_point() else self.x
         with torch.no_grad():
-            out = _tensor(twin(x, returnt="out"), "the float64 logits", self.batch)
+            with _calling("forward(x, returnt='out') after to(torch.float64)"):
+                out = twin(x, returnt="out")
+            out = _tensor(out, "the float64 logits", self.batch)
         _require(out.dtype == torch.float64, f"the logits should be float64 after to(torch.float64), got {out.dtype}")
         self.close(out, self.out(), "the float64 and original logits")
 

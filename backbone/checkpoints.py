@@ -71,6 +71,13 @@ def load_checkpoint(
       ``weights_only=True``), possibly under a ``state_dict`` or ``model``
       key, with ``module.`` or ``_orig_mod.`` before the names; or a
       ``.safetensors`` file, when the ``safetensors`` package is installed.
+    * **Mammoth's** tuned checkpoints: its ``IncrementalClassifier``
+      (``head.heads.{t}.weight``, one linear head a task, their logits
+      concatenated) loads as the one head whose rows they are, in task
+      order; L2P's ``pos_embed`` with a row for each prompt after the class
+      row loads without those rows, which L2P fills with the class row (pass
+      ``prompt_pos="class"`` at the call to add them to the prompts; rows
+      that differ from the class row are refused, not dropped).
 
     When the checkpoint's position embeddings cover another patch grid
     (another image size or patch size), the class token's embedding is kept
@@ -162,10 +169,26 @@ def load_checkpoint(
             f"the model has LoRA deltas merged into its weights ({_names(merged)}): "
             "call unmerge_lora(model) before loading a checkpoint"
         )
+    _check_writable(net)
     state, layout = _read(checkpoint)
     loaded, kept = _fit(net, state, layout, head=head, interpolation=interpolation, antialias=antialias)
     net.load_state_dict(loaded, strict=False)
     return kept
+
+
+def _check_writable(net: nn.Module) -> None:
+    """Refuse a model that load_state_dict would fill half-way (inference tensors) or not at all (meta)."""
+    for name, t in net.state_dict(keep_vars=True).items():
+        if t.device.type == "meta":
+            raise ValueError(
+                f"the model is on the meta device ({name} holds no data), so nothing would be loaded: "
+                "materialise it first (model.to_empty(device='cpu'))"
+            )
+        if t.is_inference() and not torch.is_inference_mode_enabled():
+            raise ValueError(
+                f"the model's {name} is an inference tensor (made under torch.inference_mode()), which cannot be "
+                "written outside inference mode: build the model outside it"
+            )
 
 
 def _check_model(model: object) -> VisionTransformer:
@@ -282,6 +305,34 @@ def _from_state_dict(raw: Mapping[str, Any]) -> dict[str, Tensor]:
         if name in state:
             raise ValueError(f"checkpoint keys {key!r} and another both name {name!r} once prefixes are removed")
         state[name] = _as_tensor(value, key)
+    return _join_mammoth_heads(state)
+
+
+_MAMMOTH_HEAD = re.compile(r"head\.heads\.(\d+)\.(weight|bias)")
+
+
+def _join_mammoth_heads(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Mammoth's ``IncrementalClassifier`` (``head.heads.{t}.*``, a linear head a task, logits concatenated) as one."""
+    found: dict[str, dict[int, Tensor]] = {}
+    for key in list(state):
+        match = _MAMMOTH_HEAD.fullmatch(key)
+        if match:
+            found.setdefault(match[2], {})[int(match[1])] = state.pop(key)
+    if not found:
+        return state
+    if "head.weight" in state or "head.bias" in state:
+        raise ValueError(
+            "the checkpoint has both head.weight/head.bias and Mammoth's head.heads.{t}: expected one head"
+        )
+    for kind, parts in found.items():
+        if sorted(parts) != list(range(len(parts))):
+            raise ValueError(f"the checkpoint's Mammoth heads must be numbered 0, 1, ..., got {sorted(parts)} ({kind})")
+        tensors = [parts[t] for t in range(len(parts))]
+        wanted = 2 if kind == "weight" else 1
+        if any(t.dim() != wanted for t in tensors) or len({t.shape[1:] for t in tensors}) > 1:
+            shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+            raise ValueError(f"the checkpoint's Mammoth heads must be linear heads of one width, got {kind} {shapes}")
+        state[f"head.{kind}"] = torch.cat(tensors, dim=0)
     return state
 
 
@@ -418,7 +469,13 @@ def _join_qkv(state: dict[str, Tensor]) -> dict[str, Tensor]:
         if any(part is None for part in parts):
             absent = [part for part, value in zip(("query", "key", "value"), parts, strict=True) if value is None]
             raise ValueError(f"the .npz checkpoint lacks the {'/'.join(absent)} part of {name}")
-        out[name] = torch.cat([p for p in parts if p is not None])
+        present = [p for p in parts if p is not None]
+        if len({tuple(p.shape[1:]) for p in present}) > 1 or any(p.dim() == 0 for p in present):
+            shapes = ", ".join(str(tuple(p.shape)) for p in present)
+            raise ValueError(
+                f"the .npz checkpoint's query, key and value parts of {name} do not fit together: {shapes}"
+            )
+        out[name] = torch.cat(present)
     return out
 
 
@@ -477,14 +534,41 @@ def _resample(
     state = dict(state)
     kernel, target = state["patch_embed.proj.weight"], own["patch_embed.proj.weight"]
     if kernel.dim() == 4 and kernel.shape[:2] == target.shape[:2] and kernel.shape[2:] != target.shape[2:]:
+        if min(kernel.shape[2:]) < 1:
+            raise ValueError(f"the checkpoint's patch kernel is empty, shape {tuple(kernel.shape)}")
         size = (target.shape[2], target.shape[3])
         state["patch_embed.proj.weight"] = _resample_kernel(
             kernel, size, interpolation=interpolation, antialias=antialias
         )
     pos, target = state["pos_embed"], own["pos_embed"]
     if pos.dim() == 3 and pos.shape[0] == 1 and pos.shape[2] == target.shape[2] and pos.shape[1] != target.shape[1]:
-        state["pos_embed"] = _resample_pos_embed(pos, grid, interpolation=interpolation, antialias=antialias)
+        pos = _without_prompt_rows(pos, target.shape[1] - 1)
+        if pos.shape[1] != target.shape[1]:
+            pos = _resample_pos_embed(pos, grid, interpolation=interpolation, antialias=antialias)
+        state["pos_embed"] = pos
     return state
+
+
+def _without_prompt_rows(pos: Tensor, patches: int) -> Tensor:
+    """L2P's ``pos_embed`` ``[1, 1 + P + N, D]`` (rows for its P prompts after the class row) as ``[1, 1 + N, D]``.
+
+    Recognised when the rows after the class row are not a square grid but
+    the last ``N`` (the model's patches) are; L2P fills the prompt rows with
+    the class row and keeps them frozen, so they must equal it: anything
+    else would be lost, and is refused.
+    """
+    rows = pos.shape[1] - 1
+    extra = rows - patches
+    if math.isqrt(rows) ** 2 == rows or extra <= 0:
+        return pos
+    prompt_rows = pos[:, 1 : 1 + extra]
+    if not torch.equal(prompt_rows, pos[:, :1].expand_as(prompt_rows)):
+        raise ValueError(
+            f"the checkpoint's pos_embed has {extra} prompt rows after the class row (L2P's layout) that differ from "
+            "the class row; load it without them (pos_embed[:, :1] and pos_embed[:, 1 + P:]) and pass them at the "
+            "call as prompt_pos=pos_embed[0, 1:1 + P]"
+        )
+    return torch.cat([pos[:, :1], pos[:, 1 + extra :]], dim=1)
 
 
 def _check_head(own: dict[str, Tensor], state: dict[str, Tensor], head: bool) -> None:
@@ -503,7 +587,7 @@ def _check_head(own: dict[str, Tensor], state: dict[str, Tensor], head: bool) ->
 def _resample_pos_embed(pos: Tensor, grid: tuple[int, int], *, interpolation: str, antialias: bool) -> Tensor:
     """Resize the patch positions ``[1, 1 + n * n, D]`` to ``grid`` as an image; the class position stays."""
     side = math.isqrt(pos.shape[1] - 1)
-    if side * side != pos.shape[1] - 1:
+    if side == 0 or side * side != pos.shape[1] - 1:
         raise ValueError(
             f"the checkpoint's pos_embed must cover a class token and a square grid, got {pos.shape[1]} positions"
         )

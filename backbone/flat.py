@@ -568,8 +568,11 @@ def set_grads(module: nn.Module, new_grads: Tensor, *, select: Selection = None)
     format) is filled first and only then attached, so no uninitialised
     memory is ever visible. New gradients are normal tensors even inside
     :func:`torch.inference_mode`, so a later backward can accumulate into
-    them. Nothing aliases ``new_grads``, and everything is checked before
-    anything is written.
+    them. Every ``.grad`` written is plain data, whatever graph
+    ``new_grads`` carries: an existing ``.grad`` that itself requires grad
+    (left by ``backward(create_graph=True)``) is replaced by a new one
+    rather than written into. Nothing aliases ``new_grads``, and everything
+    is checked before anything is written.
 
     A parameter whose existing ``.grad`` is sparse is refused: it cannot be
     written in place, and replacing it with a dense tensor would change what
@@ -614,8 +617,8 @@ def add_grads(module: nn.Module, vector: Tensor, *, alpha: float = 1.0, select: 
     of building the penalty from :func:`get_params` and back-propagating
     through an 11-million-element concatenation every step. A missing
     ``.grad`` is created with the value ``alpha * vector`` there (as if it had
-    been zero). The checks and the all-or-nothing guarantee are
-    :func:`set_grads`'s.
+    been zero). The checks, the all-or-nothing guarantee and the plain data
+    left on ``.grad`` are :func:`set_grads`'s.
 
     Args:
         module: the module whose gradients grow.
@@ -680,11 +683,15 @@ def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | No
         pieces = _slices(source, params, convert=alpha is None)
         # Make every missing gradient with its final values before any write,
         # outside inference mode so that a later backward can add into it.
+        # A gradient that carries a graph (from backward(create_graph=True), or a Parameter used as one) is
+        # replaced by plain data rather than written into, so that no .grad is left with a grad_fn.
         with torch.inference_mode(False):
             created = [
-                (p, _fresh(p, piece, alpha)) for p, piece, g in zip(params, pieces, grads, strict=True) if g is None
+                (p, _fresh(p, piece, alpha, g))
+                for p, piece, g in zip(params, pieces, grads, strict=True)
+                if g is None or g.requires_grad
             ]
-        existing = [(g, piece) for g, piece in zip(grads, pieces, strict=True) if g is not None]
+        existing = [(g, piece) for g, piece in zip(grads, pieces, strict=True) if g is not None and not g.requires_grad]
         destinations, sources = [g for g, _ in existing], [piece for _, piece in existing]
         if alpha is None:
             _copy_all(destinations, sources)
@@ -694,10 +701,12 @@ def _write_grads(module: nn.Module, vector: Tensor, name: str, alpha: float | No
         p.grad = grad
 
 
-def _fresh(p: Tensor, piece: Tensor, alpha: float | None) -> Tensor:
-    """A new gradient for ``p`` (its dtype, device and strides) holding ``piece`` (times ``alpha``)."""
+def _fresh(p: Tensor, piece: Tensor, alpha: float | None, old: Tensor | None = None) -> Tensor:
+    """A new gradient for ``p`` (its dtype, device and strides) holding ``piece``, or ``old + alpha * piece``."""
     grad = torch.empty_like(p)
-    return grad.copy_(piece) if alpha is None else grad.zero_().add_(piece, alpha=alpha)
+    if alpha is None:
+        return grad.copy_(piece)
+    return (grad.zero_() if old is None else grad.copy_(old.detach())).add_(piece, alpha=alpha)
 
 
 def get_grads_list(module: nn.Module, *, select: Selection = None) -> list[Tensor]:

@@ -227,6 +227,8 @@ class FlatLayout:
             >>> layout.index(fisher.argmax())
             ('fc2.weight', 1)
         """
+        if isinstance(i, Tensor) and i.device.type == "meta":
+            raise TypeError("i must be an integer, got a tensor on the meta device, which holds no value")
         if isinstance(i, bool) or (
             isinstance(i, Tensor)
             and (i.numel() != 1 or i.is_floating_point() or i.is_complex() or i.dtype == torch.bool)

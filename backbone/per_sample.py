@@ -132,9 +132,10 @@ def per_sample_grads(
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
 
     slots = _slots(module)
+    buffers = _inference_buffers(module)
 
     def example_loss(x: Tensor, y: Tensor, differentiated: dict[str, Tensor], fixed: dict[str, Tensor]) -> Tensor:
-        out = _call(module, slots, {**fixed, **differentiated}, x)
+        out = _call(module, slots, {**fixed, **differentiated}, x, buffers)
         return _scalar(loss_fn(out, y.unsqueeze(0)))
 
     rows = torch.zeros(inputs.shape[0], sum(p.numel() for p in params), dtype=_dtype(params), device=_device(params))
@@ -247,11 +248,12 @@ def fisher_diagonal(
         chunk_size = max(1, _CHUNK_ELEMENTS // max(1, total_size))
 
     slots = _slots(module)
+    buffers = _inference_buffers(module)
 
     def log_likelihood(
         x: Tensor, y: Tensor, differentiated: dict[str, Tensor], fixed: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
-        logits = _call(module, slots, {**fixed, **differentiated}, x)
+        logits = _call(module, slots, {**fixed, **differentiated}, x, buffers)
         if not isinstance(logits, Tensor) or logits.dim() != 2:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
             raise ValueError(f"fisher_diagonal needs module(x) to be logits [1, C] for one example, got {got}")
@@ -364,11 +366,11 @@ def _rows(
     # (an input made there is cloned into a normal tensor, which autograd can save). Only the computation leaves
     # inference mode, never the caller's code between chunks.
     with torch.inference_mode(False):
-        differentiated = {name: p.detach() for name, p in zip(names, params, strict=True) if p.requires_grad}
+        differentiated = {name: _normal(p) for name, p in zip(names, params, strict=True) if p.requires_grad}
         # Every other parameter enters as a constant, under its flat-order name; buffers are the module's own.
         every_names, every_params = walk(module)
         fixed = {
-            name: p.detach() for name, p in zip(every_names, every_params, strict=True) if name not in differentiated
+            name: _normal(p) for name, p in zip(every_names, every_params, strict=True) if name not in differentiated
         }
         if inputs.is_inference():
             inputs = inputs.clone()
@@ -488,10 +490,23 @@ def _slots(module: nn.Module) -> list[tuple[str, str]]:
     return slots
 
 
-def _call(module: nn.Module, slots: list[tuple[str, str]], values: dict[str, Tensor], x: Tensor) -> Any:
-    """``module(x[None])`` with each slot holding the value of its parameter."""
-    mapping = {slot: values[name] for slot, name in slots}
+def _call(
+    module: nn.Module, slots: list[tuple[str, str]], values: dict[str, Tensor], x: Tensor, buffers: dict[str, Tensor]
+) -> Any:
+    """``module(x[None])`` with each slot holding the value of its parameter (and ``buffers`` in place of those)."""
+    mapping = {slot: values[name] for slot, name in slots} | buffers
     return functional_call(module, mapping, (x.unsqueeze(0),), tie_weights=False, strict=False)
+
+
+def _inference_buffers(module: nn.Module) -> dict[str, Tensor]:
+    """Normal copies of the buffers made under ``torch.inference_mode()``, which autograd cannot save."""
+    with torch.inference_mode(False):
+        return {name: b.clone() for name, b in module.named_buffers() if b.is_inference()}
+
+
+def _normal(t: Tensor) -> Tensor:
+    """``t`` detached, as a normal tensor: a copy if it was made under ``torch.inference_mode()``."""
+    return t.detach().clone() if t.is_inference() else t.detach()
 
 
 @contextlib.contextmanager

@@ -161,23 +161,31 @@ class LoRA(nn.Module):
 class Adapter(nn.Module):
     """A bottleneck MLP added to a block's MLP branch (AdaptFormer's adapter).
 
-    ``adapter(h) = scale * up(relu(down(h)))``, with ``up`` starting at zero
-    so that a fresh adapter changes nothing. In a block whose residual
-    stream after attention is ``x`` and whose MLP branch gives
-    ``m = mlp(norm2(x))``:
+    ``adapter(h) = scale * up(dropout(relu(down(h))))``, with ``up``
+    starting at zero so that a fresh adapter changes nothing. In a block
+    whose residual stream after attention is ``x`` and whose MLP branch
+    gives ``m = mlp(norm2(x))``:
 
     * ``'parallel'``: the block returns ``x + (m + adapter(x))``;
     * ``'sequential'``: the block returns ``x + (m + adapter(m))``.
+
+    AdaptFormer's options (as RanPAC and EASE build it): ``norm='in'``
+    normalises ``h`` first, ``norm='out'`` the scaled output (a LayerNorm
+    of its own, ``norm``); ``scale='learnable'`` makes the scale a
+    parameter starting at 1; ``dropout`` drops hidden units in training.
 
     Args:
         dim: the token width ``D``.
         bottleneck: the hidden width.
         mode: ``'parallel'`` or ``'sequential'``.
-        scale: the factor on the adapter's output.
+        scale: the factor on the adapter's output, or ``'learnable'``.
+        dropout: the probability of dropping a hidden unit in training.
+        norm: ``'none'``, ``'in'`` or ``'out'``: where a LayerNorm goes.
 
     Raises:
-        ValueError: a size is not a positive int, ``mode`` is unknown, or
-            ``scale`` is not a finite number.
+        ValueError: a size is not a positive int, ``mode`` or ``norm`` is
+            unknown, ``scale`` is not a finite number or ``'learnable'``, or
+            ``dropout`` is not in [0, 1).
 
     Example:
         >>> import torch
@@ -187,17 +195,35 @@ class Adapter(nn.Module):
         ('sequential', torch.Size([2, 8]), True)
     """
 
-    def __init__(self, dim: int, bottleneck: int, mode: str = "parallel", scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        bottleneck: int,
+        mode: str = "parallel",
+        scale: float | str = 1.0,
+        *,
+        dropout: float = 0.0,
+        norm: str = "none",
+    ) -> None:
         for name, value in (("dim", dim), ("bottleneck", bottleneck)):
             if check_int(value, name) < 1:
                 raise ValueError(f"{name} must be a positive int, got {value}")
         if mode not in ("parallel", "sequential"):
             raise ValueError(f"mode must be 'parallel' or 'sequential', got {mode!r}")
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale):
-            raise ValueError(f"scale must be a finite number, got {scale!r}")
+        if scale != "learnable" and (
+            isinstance(scale, bool) or not isinstance(scale, int | float) or not math.isfinite(scale)
+        ):
+            raise ValueError(f"scale must be a finite number or 'learnable', got {scale!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if norm not in ("none", "in", "out"):
+            raise ValueError(f"norm must be 'none', 'in' or 'out', got {norm!r}")
         super().__init__()
         self.mode = mode
-        self.scale = float(scale)
+        self.scale: float | nn.Parameter = nn.Parameter(torch.ones(1)) if scale == "learnable" else float(scale)
+        self.dropout = float(dropout)
+        self.where_norm = norm
+        self.norm = nn.LayerNorm(dim) if norm != "none" else None
         self.down = nn.Linear(dim, bottleneck)
         self.up = nn.Linear(bottleneck, dim)
         nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
@@ -206,11 +232,16 @@ class Adapter(nn.Module):
         nn.init.zeros_(cast(Tensor, self.up.bias))
 
     def forward(self, h: Tensor) -> Tensor:
-        """Return ``scale * up(relu(down(h)))``."""
-        return cast(Tensor, self.up(F.relu(self.down(h)))) * self.scale
+        """Return ``scale * up(dropout(relu(down(h))))``, with the LayerNorm where ``norm`` puts it."""
+        if self.norm is not None and self.where_norm == "in":
+            h = self.norm(h)
+        hidden = F.dropout(F.relu(self.down(h)), p=self.dropout, training=self.training)
+        out = cast(Tensor, self.up(hidden)) * self.scale
+        return cast(Tensor, self.norm(out)) if self.norm is not None and self.where_norm == "out" else out
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, scale={self.scale}"
+        scale = "learnable" if isinstance(self.scale, nn.Parameter) else self.scale
+        return f"mode={self.mode!r}, scale={scale}, dropout={self.dropout}, norm={self.where_norm!r}"
 
 
 class SSF(nn.Module):
@@ -354,7 +385,9 @@ def _check_free(blocks: list[Any], places: list[tuple[int, str]], what: str) -> 
 
 def _attach(blocks: list[Any], made: dict[tuple[int, str], nn.Module]) -> None:
     for (index, key), hook in made.items():
-        blocks[index].tuning[key] = hook
+        # A hook takes the mode of the block it joins (a fresh module is in training mode: its dropout would run
+        # in a model that was put in eval mode).
+        blocks[index].tuning[key] = hook.train(blocks[index].training)
 
 
 def _like(hook: nn.Module, weight: Tensor) -> nn.Module:
@@ -423,7 +456,9 @@ def add_adapters(
     *,
     mode: str = "parallel",
     blocks: Sequence[int] | None = None,
-    scale: float = 1.0,
+    scale: float | str = 1.0,
+    dropout: float = 0.0,
+    norm: str = "none",
 ) -> list[Adapter]:
     """Attach an :class:`~backbone.Adapter` to each of ``blocks`` (at ``blocks.{i}.tuning.adapter``).
 
@@ -432,7 +467,9 @@ def add_adapters(
         bottleneck: the adapters' hidden width.
         mode: ``'parallel'`` or ``'sequential'`` (see :class:`~backbone.Adapter`).
         blocks: which blocks; all when None.
-        scale: the factor on each adapter's output.
+        scale: the factor on each adapter's output, or ``'learnable'``.
+        dropout: the adapters' dropout (see :class:`~backbone.Adapter`).
+        norm: where each adapter has a LayerNorm: ``'none'``, ``'in'``, ``'out'``.
 
     Returns:
         The new adapters, in block order.
@@ -455,7 +492,7 @@ def add_adapters(
     made: dict[tuple[int, str], nn.Module] = {}
     for index in chosen:
         weight = all_blocks[index].mlp.fc1.weight
-        made[index, "adapter"] = _like(Adapter(dim, bottleneck, mode, scale), weight)
+        made[index, "adapter"] = _like(Adapter(dim, bottleneck, mode, scale, dropout=dropout, norm=norm), weight)
     _attach(all_blocks, made)
     return cast(list[Adapter], list(made.values()))
 
@@ -535,7 +572,7 @@ def add_prompts(model: nn.Module, length: int, *, blocks: Sequence[int] = (0,)) 
     if "prompts" in tuning:
         raise ValueError("add_prompts: the model already has prompts attached; remove_tuning first")
     prompts = PromptTokens(length, dim, chosen)
-    tuning["prompts"] = _like(prompts, all_blocks[0].attn.qkv.weight)
+    tuning["prompts"] = _like(prompts, all_blocks[0].attn.qkv.weight).train(tuning.training)
     return prompts
 
 
@@ -617,6 +654,7 @@ def merge_lora(model: nn.Module) -> int:
     for layer, _ in pairs:
         if layer.weight.device.type == "meta":
             raise ValueError("merge_lora: the model is on the meta device and holds no weights to merge into")
+        _check_writable_weight(layer, "merge_lora")
     for layer, lora in pairs:
         lora._unmerged_weight = layer.weight.detach().clone()
         lora._merged_A, lora._merged_B = lora.A.detach().clone(), lora.B.detach().clone()
@@ -624,6 +662,16 @@ def merge_lora(model: nn.Module) -> int:
         lora._merge_stamp = (_digest(layer.weight), layer.weight.dtype)
         lora.merged = True
     return len(pairs)
+
+
+def _check_writable_weight(layer: nn.Linear, what: str) -> None:
+    # torch writes an inference tensor in place and only then refuses, outside inference mode: check first.
+    if layer.weight.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(
+            f"{what}: the weights are inference tensors (the model was made under torch.inference_mode()) and "
+            "cannot be written outside inference mode; call it inside torch.inference_mode(), or build the model "
+            "outside it"
+        )
 
 
 def _digest(t: Tensor) -> str:
@@ -645,12 +693,13 @@ def _unchanged_since_merge(layer: nn.Linear, lora: LoRA) -> bool:
     if torch.finfo(weight.dtype).eps <= torch.finfo(merged_in).eps:
         # Converted to a finer dtype: converting back is exact, and the values must round-trip through it.
         return bool(torch.equal(back.to(weight.dtype), weight)) and _digest(back) == digest
-    # Converted to a coarser dtype: the merged values, up to that dtype's rounding.
+    # Converted to a coarser dtype: each merged value, up to the rounding of it and of the kept weight there.
     delta = (merged_b.double() @ merged_a.double()) * lora.scale
     expected = kept.double() + delta
-    scale = float(expected.abs().nan_to_num(0.0, 0.0, 0.0).max()) if expected.numel() else 0.0
     eps = torch.finfo(weight.dtype).eps
-    return torch.allclose(weight.double(), expected, rtol=4 * eps, atol=4 * eps * scale, equal_nan=True)
+    bound = eps * (expected.abs() + kept.double().abs()) + torch.finfo(weight.dtype).tiny
+    differs = (weight.double() - expected).abs() > bound
+    return not bool((differs & ~(weight.isnan() & expected.isnan())).any())
 
 
 @torch.no_grad()
@@ -692,8 +741,12 @@ def unmerge_lora(model: nn.Module) -> int:
         kept = lora._unmerged_weight
         if layer.weight.device.type == "meta" or (kept is not None and kept.device.type == "meta"):
             raise ValueError("unmerge_lora: the model is on the meta device and holds no weights to unmerge")
-        if kept is None or kept.device != layer.weight.device:
-            raise ValueError("unmerge_lora: a merged layer no longer matches the weight kept at the merge")
+        if kept is None or kept.device != layer.weight.device or kept.dtype != layer.weight.dtype:
+            raise ValueError(
+                "unmerge_lora: a merged layer no longer matches the weight kept at the merge (the layer and its LoRA "
+                "were moved or converted apart); nothing was unmerged"
+            )
+        _check_writable_weight(layer, "unmerge_lora")
         if not _unchanged_since_merge(layer, lora):
             raise ValueError(
                 "unmerge_lora: a merged weight changed since merge_lora (an optimizer step, a load, a write "

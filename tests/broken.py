@@ -264,3 +264,18 @@ class SetGradsOnlyMissing(TinyNet):
             if p.grad is None:
                 p.grad = new_grads[offset : offset + p.numel()].view(p.shape).clone()
             offset += p.numel()
+
+
+class SetGradsCreatesOnlyWhenAllNone(TinyNet):
+    """Creates gradients only when every one is None; in a mixed state (a branch backward missed) it skips the None."""
+
+    def set_grads(self, new_grads: Tensor) -> None:
+        offset = 0
+        every_none = all(p.grad is None for p in self.parameters())
+        for p in self.parameters():
+            piece = new_grads[offset : offset + p.numel()].view(p.shape)
+            if p.grad is not None:
+                p.grad.copy_(piece)
+            elif every_none:
+                p.grad = piece.clone()
+            offset += p.numel()

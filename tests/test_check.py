@@ -191,6 +191,11 @@ def test_mammoth_style_subclass_passes() -> None:
         ),
         (broken.SetGradsOnlyMissing(), [SET_GRADS, GRADS_NONE_OR_NOT], "after set_grads(v) and its slice of v"),
         (
+            broken.SetGradsCreatesOnlyWhenAllNone(),
+            [GRADS_NONE_OR_NOT],
+            "left .grad None where the gradients were None for every other parameter",
+        ),
+        (
             broken.OutSkipsTheHead(),
             [HEAD, BOTH, FULL],
             "forward_head(forward_features(x)) and returnt='out': values differ",
@@ -373,4 +378,4 @@ def test_a_backbone_whose_forward_raises_is_a_contract_error_naming_it() -> None
         check_backbone(broken.ForwardTypo(), torch.randn(3, 4))
     message = str(info.value)
     assert message.startswith("ForwardTypo: ")
-    assert f"{OUT}: raised AttributeError: " in message and "stage_1" in message
+    assert f"{OUT}: forward(x, returnt='out') raised AttributeError: " in message and "stage_1" in message

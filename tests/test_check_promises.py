@@ -2057,7 +2057,7 @@ def test_the_gradients_come_from_returnt_out() -> None:
                 raise RuntimeError("say which returnt")
             return super().forward(x, returnt)  # type: ignore[arg-type]
 
-    assert_outcome(seeded(ExplicitOnly()), {OUT: ("fail", "raised RuntimeError: say which returnt")})
+    assert_outcome(seeded(ExplicitOnly()), {OUT: ("fail", "forward(x) raised RuntimeError: say which returnt")})
 
 
 def test_an_unchanged_stage_of_small_relu_values_is_still_a_relu_output() -> None:

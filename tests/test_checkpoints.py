@@ -574,6 +574,19 @@ def bad_checkpoints(tmp_path: Path) -> dict[str, tuple[object, type[Exception], 
         "sparse": (sd | {"head.bias": sd["head.bias"].to_sparse()}, ValueError, "'head.bias' must be a dense"),
         "sparse file": (sparse_file, ValueError, "'head.bias' must be a dense"),
         "complex": (sd | {"head.bias": sd["head.bias"].to(torch.complex64)}, ValueError, "must hold real values"),
+        # Found by red-teaming: each was a raw torch error.
+        "class position only": (sd | {"pos_embed": sd["pos_embed"][:, :1]}, ValueError, "a class token and a square"),
+        "empty kernel": (
+            sd | {"patch_embed.proj.weight": torch.zeros(24, 3, 0, 0)},
+            ValueError,
+            r"patch kernel is empty, shape \(24, 3, 0, 0\)",
+        ),
+        "query of another width": (
+            google_arrays(source)
+            | {"Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel": np.zeros((25, 2, 12))},
+            ValueError,
+            "query, key and value parts of blocks.0.attn.qkv.weight do not fit together",
+        ),
     }
 
 
@@ -582,7 +595,7 @@ def bad_checkpoints(tmp_path: Path) -> dict[str, tuple[object, type[Exception], 
     [
         "int", "bytes", "list", "http", "hf-hub", "hf_hub", "missing file", "directory", "garbage", "a list file",
         "a module file", "wider", "not a tensor", "integers", "3-d kernel", "strings in npz", "both prefixes",
-        "meta", "sparse", "sparse file", "complex",
+        "meta", "sparse", "sparse file", "complex", "class position only", "empty kernel", "query of another width",
     ],
 )  # fmt: skip
 def test_a_bad_checkpoint_is_refused_and_changes_nothing(tmp_path: Path, case: str) -> None:
@@ -697,3 +710,71 @@ def test_position_resampling_matches_timms_resample_abs_pos_embed() -> None:
         side = img // 8
         expected = resample_abs_pos_embed(source.pos_embed.detach(), new_size=[side, side], num_prefix_tokens=1)
         assert torch.equal(net.pos_embed.detach(), expected)
+
+
+def test_a_model_that_load_state_dict_would_fill_half_way_or_not_at_all_is_refused() -> None:
+    """A model made under inference_mode (torch writes some entries, then raises) or on meta (nothing is written)."""
+    checkpoint = vit(seed=1).state_dict()
+    with torch.inference_mode():
+        made_there = vit(seed=2)
+    before = state(made_there)
+    with pytest.raises(ValueError, match=r"is an inference tensor .* build the model outside it"):
+        load_checkpoint(made_there, checkpoint)
+    assert_state_equal(state(made_there), before)
+    with torch.device("meta"):
+        on_meta = VisionTransformer(img_size=32, patch_size=8, num_classes=5, embed_dim=DIM, depth=2, num_heads=2)
+    with pytest.raises(ValueError, match=r"on the meta device .* first \(model\.to_empty"):
+        load_checkpoint(on_meta, checkpoint)
+
+
+def test_mammoths_incremental_heads_load_as_the_one_head_they_make() -> None:
+    """Mammoth's IncrementalClassifier: ``head.heads.{t}``, one linear head a task, logits concatenated."""
+    source = vit(seed=1)
+    sd = {k: v for k, v in source.state_dict().items() if not k.startswith("head.")}
+    w, b = source.head.weight.detach(), source.head.bias.detach()
+    sd |= {
+        "head.heads.0.weight": w[:2],
+        "head.heads.0.bias": b[:2],
+        "head.heads.1.weight": w[2:],
+        "head.heads.1.bias": b[2:],
+    }
+    net = vit(seed=2)
+    assert load_checkpoint(net, sd) == []
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(net(x), source(x))
+    del sd["head.heads.0.weight"], sd["head.heads.0.bias"]
+    before = state(net)
+    with pytest.raises(ValueError, match=r"Mammoth heads must be numbered 0, 1, \.\.\., got \[1\]"):
+        load_checkpoint(net, sd)
+    assert_state_equal(state(net), before)
+
+
+def test_l2ps_position_rows_for_its_prompts_load_without_them() -> None:
+    """L2P's pos_embed is [1, 1 + P + N, D], its prompt rows copies of the class row (frozen)."""
+    source = vit(seed=1)
+    sd = dict(source.state_dict())
+    pos = sd["pos_embed"]
+    sd["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1].expand(1, 5, DIM), pos[:, 1:]], 1)
+    net = vit(seed=2)
+    assert load_checkpoint(net, sd) == []
+    assert torch.equal(net.pos_embed, pos)
+    prompts = torch.randn(5, DIM)
+    x = torch.randn(2, 3, 32, 32)
+    # What L2P computes: [cls, prompts, patches] + its pos_embed.
+    assert torch.allclose(
+        net.forward_features(x, prompts=prompts, prompt_pos="class"),
+        l2p_tokens(source, x, prompts, sd["pos_embed"]),
+        atol=1e-5,
+    )
+    sd["pos_embed"] = sd["pos_embed"].clone()
+    sd["pos_embed"][0, 3] += 1.0
+    before = state(net)
+    with pytest.raises(ValueError, match=r"5 prompt rows after the class row \(L2P's layout\) that differ"):
+        load_checkpoint(net, sd)
+    assert_state_equal(state(net), before)
+
+
+def l2p_tokens(net: VisionTransformer, x: Tensor, prompts: Tensor, pos_embed: Tensor) -> Tensor:
+    patches = net.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    tokens = torch.cat([net.cls_token.expand(x.shape[0], 1, DIM), prompts.expand(x.shape[0], -1, -1), patches], 1)
+    return net.norm(net.blocks(tokens + pos_embed))

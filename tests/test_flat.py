@@ -267,6 +267,22 @@ def test_gradients_written_from_a_vector_with_a_graph_are_plain_data(write: str,
     assert torch.equal(backbone.get_grads(net), (leaf * 1.5).detach())
 
 
+@pytest.mark.parametrize("write", ["set_grads", "add_grads"])
+def test_an_existing_gradient_that_carries_a_graph_is_replaced_by_plain_data(write: str) -> None:
+    net = TinyNet()
+    loss = net(torch.randn(3, 4)).square().sum()
+    grads = torch.autograd.grad(loss, list(net.parameters()), create_graph=True)
+    for p, g in zip(net.parameters(), grads, strict=True):
+        p.grad = g  # what backward(create_graph=True) leaves
+    before = torch.cat([g.detach().reshape(-1) for g in grads])
+    vector = torch.randn(numel(net))
+    getattr(backbone, write)(net, vector)
+    for p in net.parameters():
+        assert p.grad is not None and p.grad.grad_fn is None and not p.grad.requires_grad
+    expected = vector if write == "set_grads" else before + vector
+    assert torch.allclose(backbone.get_grads(net), expected)
+
+
 def test_set_grads_then_backward_accumulates() -> None:
     net = TinyNet()
     x = torch.randn(3, 4)

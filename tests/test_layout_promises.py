@@ -653,6 +653,7 @@ def test_index_names_the_parameter_and_offset_of_every_element() -> None:
         (torch.tensor(1.0), TypeError, "got a tensor of 1 elements of dtype torch.float32"),
         (torch.tensor([1, 2]), TypeError, "got a tensor of 2 elements"),
         (torch.tensor(True), TypeError, "dtype torch.bool"),
+        (torch.tensor(1, device="meta"), TypeError, "got a tensor on the meta device"),
     ],
 )
 def test_index_refuses_what_is_not_an_index_into_the_vector(i: object, error: type[Exception], message: str) -> None:

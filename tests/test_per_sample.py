@@ -83,6 +83,23 @@ def test_rows_and_fisher_are_the_same_in_every_grad_context(name: str, context: 
     assert all(p.grad is None for p in net.parameters())
 
 
+@pytest.mark.parametrize("name", ["mnistmlp", "resnet18"])
+def test_a_model_made_under_inference_mode_gives_the_rows_of_a_normal_copy(name: str) -> None:
+    """Parameters and buffers that are inference tensors, on both ways (found by red-teaming)."""
+    torch.manual_seed(0)
+    make, shape = NETS[name]
+    normal = make()
+    with torch.inference_mode():
+        made_there = copy.deepcopy(normal).to(torch.float64).to(torch.float32)  # .to() makes inference tensors here
+    assert next(made_there.parameters()).is_inference()
+    x, y = torch.randn(shape), torch.randint(0, 2, (shape[0],))
+    expected = per_sample_grads(normal, F.cross_entropy, x, y)
+    assert_rows_close(per_sample_grads(made_there, F.cross_entropy, x, y), expected)
+    with torch.inference_mode():
+        assert_rows_close(per_sample_grads(made_there, F.cross_entropy, x, y), expected)
+    assert_rows_close(fisher_diagonal(made_there, [(x, y)])[None], fisher_diagonal(normal, [(x, y)])[None])
+
+
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 100])
 def test_chunks_give_the_same_rows(chunk_size: int) -> None:
     torch.manual_seed(1)

@@ -324,6 +324,54 @@ def test_unmerge_refuses_a_write_through_data_which_moves_no_version_counter(con
     assert all(lora.merged for lora in net.modules() if isinstance(lora, backbone.LoRA))
 
 
+def test_merge_and_unmerge_on_inference_tensors_are_refused_before_any_write() -> None:
+    """torch writes an inference tensor in place and then raises, outside inference mode (found by red-teaming)."""
+    with torch.inference_mode():
+        net = tiny()
+        for lora in add_lora(net, 2, sites=["qkv"]):
+            randomise(lora)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="merge_lora: the weights are inference tensors"):
+        merge_lora(net)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+    assert not any(lora.merged for lora in net.modules() if isinstance(lora, backbone.LoRA))
+    with torch.inference_mode():
+        assert merge_lora(net) == 3
+    merged = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="unmerge_lora: the weights are inference tensors"):
+        unmerge_lora(net)
+    assert all(torch.equal(v, merged[k]) for k, v in net.state_dict().items())
+    with torch.inference_mode():
+        assert unmerge_lora(net) == 3
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items())
+
+
+def test_a_lora_converted_apart_from_its_layer_is_refused() -> None:
+    net = tiny(dtype=torch.float32)
+    for lora in add_lora(net, 2, sites=["qkv"]):
+        randomise(lora)
+    merge_lora(net)
+    net.blocks[0].tuning.half()  # the kept weight lives in the LoRA: now half precision, the layer's is not
+    weights = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ValueError, match="moved or converted apart"):
+        unmerge_lora(net)
+    assert all(torch.equal(v, weights[k]) for k, v in net.state_dict().items())
+
+
+def test_after_a_coarser_dtype_each_elements_change_is_judged_by_its_own_rounding() -> None:
+    net = tiny(dtype=torch.float32)
+    for lora in add_lora(net, 2, sites=["proj"]):
+        randomise(lora)
+    merge_lora(net)
+    net.to(torch.bfloat16)
+    weight = net.blocks[1].attn.proj.weight
+    small = int(weight.detach().abs().argmin())
+    with torch.no_grad():
+        weight.view(-1)[small] += 100 * max(float(weight.view(-1)[small].abs()), 1e-6)  # far above its rounding
+    with pytest.raises(ValueError, match="changed since merge_lora"):
+        unmerge_lora(net)
+
+
 def test_merged_state_follows_the_model_to_another_dtype_refusal_not_corruption() -> None:
     net = tiny()
     for lora in add_lora(net, 2, sites=["fc1"]):

@@ -262,3 +262,76 @@ def test_global_pool_as_timm_and_l2p_pool(pool: str) -> None:
 def test_bad_constructor_options_are_refused(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(ValueError, match=match):
         VisionTransformer(img_size=16, patch_size=4, embed_dim=DIM, depth=1, num_heads=HEADS, **kwargs)  # type: ignore[arg-type]
+
+
+# --- 7. L2P's prompt positions, AdaptFormer's adapter options ------------------------------------------------------
+
+
+def test_l2p_adds_the_position_embedding_rows_of_its_prompts() -> None:
+    """L2P: ``[cls, prompts, patches] + pos_embed``, its prompt rows copies of the class row (or rows of its own)."""
+    net, x = tiny(global_pool="prompt"), images()
+    prompts = randn(3, 4, DIM, seed=11)
+    own_rows = randn(4, DIM, seed=12)
+    for given, rows in (("class", net.pos_embed[:, :1].expand(1, 4, DIM)), (own_rows, own_rows[None])):
+        pos = torch.cat([net.pos_embed[:, :1], rows, net.pos_embed[:, 1:]], 1)
+        proj = net.patch_embed.proj
+        patches = F.conv2d(x, proj.weight, proj.bias, stride=proj.stride).flatten(2).transpose(1, 2)
+        tokens = torch.cat([net.cls_token.expand(3, 1, DIM), prompts, patches], 1) + pos
+        for i in range(DEPTH):
+            tokens = block(net, i, tokens)
+        expected = final_norm(net, tokens)[:, 1:5].mean(1)
+        close(net(x, returnt="features", prompts=prompts, prompt_pos=given), expected)
+    with pytest.raises(ValueError, match="prompt_pos was given, but no prompts go in before block 0"):
+        net(x, prompts={1: prompts}, prompt_pos="class")
+    with pytest.raises(ValueError, match=r"prompt_pos must be \[1, 4, 8\] or \[4, 8\]"):
+        net(x, prompts=prompts, prompt_pos=randn(3, DIM))
+    with pytest.raises(ValueError, match="prompt_pos must be 'class', a tensor"):
+        net(x, prompts=prompts, prompt_pos="cls")
+
+
+@pytest.mark.parametrize("norm", ["none", "in", "out"])
+def test_adaptformers_options_dropout_layernorm_and_a_learnable_scale(norm: str) -> None:
+    from backbone import add_adapters
+
+    net, x = tiny(), images()
+    (adapter,) = add_adapters(net, 3, blocks=[1], dropout=0.5, norm=norm, scale="learnable")
+    assert isinstance(adapter.scale, torch.nn.Parameter) and adapter.scale.requires_grad
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(13))
+
+    def written_out(train: bool) -> Tensor:
+        tokens = block(net, 0, embed(net, x))
+        blk = net.blocks[1]
+        mid = tokens + (block(net, 1, tokens) - tokens - mlp_branch(net, 1, tokens, after_attention=True))
+        h = mid
+        if norm == "in":
+            h = F.layer_norm(h, (DIM,), adapter.norm.weight, adapter.norm.bias)
+        hidden = F.dropout(F.relu(h @ adapter.down.weight.T + adapter.down.bias), 0.5, training=train)
+        out = (hidden @ adapter.up.weight.T + adapter.up.bias) * adapter.scale
+        if norm == "out":
+            out = F.layer_norm(out, (DIM,), adapter.norm.weight, adapter.norm.bias)
+        tokens = mid + mlp_branch(net, 1, mid) + out
+        assert blk is net.blocks[1]
+        tokens = block(net, 2, tokens)
+        return final_norm(net, tokens)
+
+    close(net.forward_features(x), written_out(train=False))
+    net.train()
+    torch.manual_seed(14)
+    got = net.forward_features(x)
+    torch.manual_seed(14)
+    close(got, written_out(train=True))
+
+
+def mlp_branch(net: VisionTransformer, i: int, x: Tensor, after_attention: bool = False) -> Tensor:
+    """Block ``i``'s MLP branch ``mlp(norm2(x))``; with ``after_attention``, of the stream after its attention."""
+    blk = net.blocks[i]
+    if after_attention:
+        h = F.layer_norm(x, (DIM,), blk.norm1.weight, blk.norm1.bias, 1e-6)
+        q, k, v = (h @ blk.attn.qkv.weight.T + blk.attn.qkv.bias).split(DIM, -1)
+        q, k, v = (t.reshape(x.shape[0], x.shape[1], HEADS, -1).transpose(1, 2) for t in (q, k, v))
+        a = ((q @ k.transpose(-2, -1)) / math.sqrt(DIM // HEADS)).softmax(-1) @ v
+        x = x + a.transpose(1, 2).reshape(x.shape) @ blk.attn.proj.weight.T + blk.attn.proj.bias
+    h = F.layer_norm(x, (DIM,), blk.norm2.weight, blk.norm2.bias, 1e-6)
+    return F.gelu(h @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias) @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias

@@ -182,6 +182,7 @@ class _CallInputs(NamedTuple):
     ab: dict[int, dict[str, _Delta]]
     values: dict[int, Tensor]
     prompt_mode: str
+    prompt_pos: Tensor | None
 
 
 def _per_block(value: object, depth: int, name: str, *, tensor_means_block_0: bool = False) -> dict[int, Any]:
@@ -483,6 +484,7 @@ class VisionTransformer(MammothBackbone):
         *,
         prompts: PromptSource | Mapping[int, PromptSource] | None = None,
         prompt_mode: str = "replace",
+        prompt_pos: Tensor | str | None = None,
         prefixes: Mapping[int, Tensor] | None = None,
         values: Mapping[int, Tensor] | None = None,
         full_fmt: str = "NCHW",
@@ -522,6 +524,10 @@ class VisionTransformer(MammothBackbone):
                 those present, VPT-deep; ``L = 0`` removes them) or ``'add'``
                 (they join those present, in front of them, as DualPrompt's
                 prompt tuning does).
+            prompt_pos: position embeddings added to the prompts put in
+                before block 0, as L2P adds its ``pos_embed`` rows:
+                ``'class'`` (the class token's row for every prompt, what
+                L2P's rows hold) or a tensor ``[L, D]``; none by default.
             prefixes: ``{block: tensor [B, 2, L, D]}`` (or ``[2, L, D]``):
                 keys (index 0) and values (index 1) put before that block's
                 projected keys and values, as DualPrompt and CODA-Prompt do.
@@ -569,7 +575,7 @@ class VisionTransformer(MammothBackbone):
         returnt = check_returnt(returnt)
         if full_fmt not in FULL_FORMATS:
             raise ValueError(f"full_fmt must be one of {', '.join(map(repr, FULL_FORMATS))}, got {full_fmt!r}")
-        inputs = self._call_inputs(x, prompts, prefixes, AB, values, prompt_mode)
+        inputs = self._call_inputs(x, prompts, prefixes, AB, values, prompt_mode, prompt_pos)
         depth = len(self.blocks)
         wanted = set(range(depth)) if returnt == "full" else set()
         final, taken, prompted = self._run_blocks(x, inputs, depth - 1, wanted)
@@ -594,6 +600,7 @@ class VisionTransformer(MammothBackbone):
         *,
         prompts: PromptSource | Mapping[int, PromptSource] | None = None,
         prompt_mode: str = "replace",
+        prompt_pos: Tensor | str | None = None,
         prefixes: Mapping[int, Tensor] | None = None,
         values: Mapping[int, Tensor] | None = None,
     ) -> Tensor | list[Tensor]:
@@ -616,7 +623,7 @@ class VisionTransformer(MammothBackbone):
             13
         """
         check_bool("return_all", return_all)
-        inputs = self._call_inputs(x, prompts, prefixes, AB, values, prompt_mode)
+        inputs = self._call_inputs(x, prompts, prefixes, AB, values, prompt_mode, prompt_pos)
         depth = len(self.blocks)
         final, taken, _ = self._run_blocks(x, inputs, depth - 1, set(range(depth)) if return_all else set())
         final = cast(Tensor, self.norm(final))
@@ -646,6 +653,11 @@ class VisionTransformer(MammothBackbone):
                         made, batch, (None, self.feature_dim), self.cls_token, f"the prompts made for block {i}",
                         empty=True,
                     )  # fmt: skip
+                if i == 0 and inputs.prompt_pos is not None:
+                    if inputs.prompt_pos.shape[1] not in (1, prompt.shape[1]):
+                        rows = inputs.prompt_pos.shape[1]
+                        raise ValueError(f"prompt_pos must have one row per prompt ({prompt.shape[1]}), got {rows}")
+                    prompt = prompt + inputs.prompt_pos
                 if inputs.prompt_mode == "replace":
                     x = torch.cat([x[:, :1], prompt, x[:, 1 + prompted :]], dim=1)
                     prompted = prompt.shape[1]
@@ -658,7 +670,14 @@ class VisionTransformer(MammothBackbone):
         return x, taken, prompted
 
     def _call_inputs(
-        self, x: Tensor, prompts: object, prefixes: object, ab: object, values: object, prompt_mode: object
+        self,
+        x: Tensor,
+        prompts: object,
+        prefixes: object,
+        ab: object,
+        values: object,
+        prompt_mode: object,
+        prompt_pos: object = None,
     ) -> _CallInputs:
         """Check the call-time prompts, prefixes, deltas and values against the batch; add the attached prompts."""
         proj = self.patch_embed.proj
@@ -688,7 +707,22 @@ class VisionTransformer(MammothBackbone):
             for i, t in _per_block(values, depth, "values").items()
         }
         deltas = {i: self._block_deltas(i, d, batch) for i, d in _per_block(ab, depth, "AB").items()}
-        return _CallInputs(checked, pre, {i: d for i, d in deltas.items() if d}, offsets, prompt_mode)
+        position = self._prompt_pos(prompt_pos, checked.get(0))
+        return _CallInputs(checked, pre, {i: d for i, d in deltas.items() if d}, offsets, prompt_mode, position)
+
+    def _prompt_pos(self, given: object, first: PromptSource | None) -> Tensor | None:
+        """The position embeddings ``[1, L, D]`` (or ``[1, 1, D]``, for every prompt) of the prompts before block 0."""
+        if given is None:
+            return None
+        if first is None:
+            raise ValueError("prompt_pos was given, but no prompts go in before block 0")
+        if isinstance(given, str):
+            if given != "class":
+                raise ValueError(f"prompt_pos must be 'class', a tensor [L, D] or None, got {given!r}")
+            return self.pos_embed[:, :1]
+        length = first.shape[1] if isinstance(first, Tensor) else None
+        t = _batched(given, 1, (length, self.feature_dim), self.cls_token, "prompt_pos", empty=True)
+        return t
 
     def _block_deltas(self, index: int, given: object, batch: int) -> dict[str, _Delta]:
         if not isinstance(given, Mapping):
@@ -753,6 +787,7 @@ class VisionTransformer(MammothBackbone):
         *,
         prompts: PromptSource | Mapping[int, PromptSource] | None = None,
         prompt_mode: str = "replace",
+        prompt_pos: Tensor | str | None = None,
         prefixes: Mapping[int, Tensor] | None = None,
         AB: Mapping[int, Mapping[str, Any]] | None = None,
         values: Mapping[int, Tensor] | None = None,
@@ -778,6 +813,7 @@ class VisionTransformer(MammothBackbone):
             intermediates_only: return only the intermediates.
             prompts: as for :meth:`forward`.
             prompt_mode: as for :meth:`forward`.
+            prompt_pos: as for :meth:`forward`.
             prefixes: as for :meth:`forward`.
             AB: as for :meth:`forward`.
             values: as for :meth:`forward`.
@@ -802,7 +838,7 @@ class VisionTransformer(MammothBackbone):
         ):
             check_bool(flag, value)
         take, last = feature_take_indices(len(self.blocks), indices)
-        inputs = self._call_inputs(x, prompts, prefixes, AB, values, prompt_mode)
+        inputs = self._call_inputs(x, prompts, prefixes, AB, values, prompt_mode, prompt_pos)
         final, taken, _ = self._run_blocks(x, inputs, last if stop_early else len(self.blocks) - 1, set(take))
         taken = [(self.norm(t) if norm else t, prompted) for t, prompted in taken]
         intermediates = self._stages(x, taken, output_fmt)
