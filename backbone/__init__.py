@@ -42,7 +42,7 @@ from .models import (
     vit_tiny_patch4_32,
     vit_tiny_patch16_224,
 )
-from .per_sample import fisher_diagonal, per_sample_grads
+from .per_sample import FISHER_KINDS, fisher_diagonal, per_sample_grads
 from .registry import (
     RegisteredBackbone,
     get_backbone,
@@ -69,12 +69,14 @@ from .tuning import (
     remove_tuning,
     unmerge_lora,
 )
+from .vit_inputs import call_inputs
 from .wrappers import unwrap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CONTRACT_RULES",
+    "FISHER_KINDS",
     "LINEAR_SITES",
     "MNISTMLP",
     "RETURN_TYPES",
@@ -108,6 +110,7 @@ __all__ = [
     "add_lora",
     "add_prompts",
     "add_ssf",
+    "call_inputs",
     "carry_vector",
     "check_backbone",
     "check_returnt",

@@ -24,7 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_module, check_num_classes, check_output_fmt
-from .base import MammothBackbone, feature_take_indices
+from .base import BackboneOutput, MammothBackbone, ReturnType, check_returnt, feature_take_indices
+from .vit_inputs import call_inputs
 
 __all__ = ["TimmBackbone", "TorchvisionBackbone", "from_timm", "from_torchvision"]
 
@@ -151,6 +152,55 @@ class TimmBackbone(_Wrapper):
         self.feature_info = [
             {**info, "module": f"model.{info['module']}"} for info in getattr(model, "feature_info", None) or []
         ]
+
+    def forward(  # type: ignore[override]
+        self,
+        x: Tensor,
+        AB: Mapping[int, Mapping[str, Any]] | str | None = None,
+        returnt: ReturnType = "out",
+        *,
+        prompts: Any = None,
+        prompt_mode: str = "replace",
+        prefixes: Mapping[int, Tensor] | None = None,
+        values: Mapping[int, Tensor] | None = None,
+    ) -> BackboneOutput:
+        """Run the model and return what ``returnt`` selects; a ViT also takes prompts, prefixes, values and ``AB``.
+
+        The call-time inputs are those of the package's
+        :meth:`VisionTransformer.forward <backbone.VisionTransformer.forward>`
+        (``AB`` second, as Mammoth passes it), given to the timm ViT by
+        :func:`~backbone.call_inputs` for this call. ``returnt='full'`` with
+        prompts is refused: timm's stages assume the patch tokens right after
+        the prefix tokens.
+
+        Raises:
+            TypeError: call-time inputs given to a model that is not a ViT in
+                timm's layout, or of the wrong type.
+            ValueError: a bad ``returnt``, block, layer, mode or shape.
+
+        Example:
+            >>> import torch
+            >>> from backbone import from_timm
+            >>> net = from_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, num_classes=5).eval()
+            >>> x = torch.randn(2, 3, 32, 32)
+            >>> net(x, returnt="features", prompts=torch.zeros(4, 192)).shape
+            torch.Size([2, 192])
+        """
+        if isinstance(AB, str):  # net(x, "features"): the backbone API's positional returnt
+            if returnt != "out":
+                raise TypeError(f"returnt given twice: {AB!r} as the second argument and {returnt!r} by name")
+            AB, returnt = None, cast(ReturnType, AB)
+        given = {"prompts": prompts, "prefixes": prefixes, "values": values, "AB": AB}
+        if all(v is None for v in given.values()):
+            return self._forward_returnt(x, returnt)
+        returnt = check_returnt(returnt)
+        if returnt == "full" and prompts is not None:
+            raise ValueError(
+                "returnt='full' with prompts is not supported on a timm ViT (its stages assume no prompt tokens); "
+                "use forward_features, or the package's VisionTransformer with the timm weights (load_checkpoint)"
+            )
+        with call_inputs(self.model, prompt_mode=prompt_mode, **given):
+            return self._forward_returnt(x, returnt)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The model's ``forward_features``: its final unpooled output.

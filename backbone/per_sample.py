@@ -60,10 +60,12 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from . import batched_grads
 from ._checks import check_module, check_real
 from .layout import Selection, walk
+from .models.mlp import MNISTMLP
 
-__all__ = ["fisher_diagonal", "per_sample_grads"]
+__all__ = ["FISHER_KINDS", "fisher_diagonal", "per_sample_grads"]
 
 #: The most elements one chunk of per-example gradients holds when fisher_diagonal picks the chunk size.
 _CHUNK_ELEMENTS = 2**27
@@ -138,9 +140,14 @@ def per_sample_grads(
         out = _call(module, slots, {**fixed, **differentiated}, x, buffers)
         return _scalar(loss_fn(out, y.unsqueeze(0)))
 
+    def batch_losses(out: Any, y: Tensor) -> tuple[Tensor, None]:
+        # The loss of each example alone, from the batch's output: what loss_fn gives for a batch of one.
+        return torch.stack([_scalar(loss_fn(out[i : i + 1], y[i : i + 1])) for i in range(y.shape[0])]), None
+
     rows = torch.zeros(inputs.shape[0], sum(p.numel() for p in params), dtype=_dtype(params), device=_device(params))
     start = 0
-    for count, grads, _ in _rows(module, names, params, example_loss, inputs, targets, chunk_size, with_aux=False):
+    chunks = _rows(module, names, params, example_loss, inputs, targets, chunk_size, with_aux=False, batch=batch_losses)
+    for count, grads, _, _ in chunks:
         offset = 0
         for name, p in zip(names, params, strict=True):
             if name in grads:
@@ -150,41 +157,59 @@ def per_sample_grads(
     return rows
 
 
+FISHER_KINDS: tuple[str, ...] = ("mammoth", "empirical", "true", "sampled")
+"""The Fishers :func:`~backbone.fisher_diagonal` computes (its ``kind``).
+
+Example:
+    >>> from backbone import FISHER_KINDS
+    >>> FISHER_KINDS
+    ('mammoth', 'empirical', 'true', 'sampled')
+"""
+
+
 def fisher_diagonal(
     module: nn.Module,
     loader: Iterable[Any],
     *,
+    kind: str | None = None,
     weight_by_probability: bool = True,
     reduction: str = "mean",
     select: Selection = None,
     chunk_size: int | None = None,
     into: Tensor | None = None,
     decay: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """The diagonal Fisher of a classifier over a data loader, as a flat vector.
 
-    For each example ``(x, y)`` it takes ``g``, the gradient of
-    ``log p(y | x)`` (``log_softmax`` of ``module(x)`` at the true label),
-    and adds ``g ** 2``, times ``p(y | x)`` when ``weight_by_probability``:
+    With ``g(x, c)`` the gradient of ``log p(c | x)`` (``log_softmax`` of
+    ``module(x)`` at class ``c``), each example ``(x, y)`` adds:
 
-    * ``weight_by_probability=True`` is what Mammoth's ``models/ewc_on.py``
-      computes in ``end_task``, one forward and backward per example;
-    * ``weight_by_probability=False`` is the empirical Fisher.
+    * ``kind='mammoth'``: ``p(y | x) * g(x, y) ** 2``, what Mammoth's
+      ``models/ewc_on.py`` accumulates in ``end_task`` (the default);
+    * ``kind='empirical'``: ``g(x, y) ** 2``, the empirical Fisher;
+    * ``kind='true'``: ``sum_c p(c | x) * g(x, c) ** 2``, the Fisher itself,
+      the expectation over the model's own predictive distribution, exact
+      over the classes (one gradient per class and example);
+    * ``kind='sampled'``: ``g(x, c) ** 2`` for one class ``c`` drawn from
+      ``p(. | x)`` with ``generator`` (the labels are not used).
 
-    The sum is divided by the number of examples (``reduction='mean'``) or
-    not (``'sum'``). Mammoth divides by ``len(loader) * batch_size``, which
-    is the number of examples when the last batch is full.
-
-    Online EWC keeps a running Fisher: pass it as ``into`` and it becomes
-    ``decay * into + fisher``, in place.
+    ``weight_by_probability`` is the older way to choose between the first
+    two (``False`` is ``'empirical'``). The sum is divided by the number of
+    examples (``reduction='mean'``) or not (``'sum'``). Online EWC keeps a
+    running Fisher: pass it as ``into`` and it becomes ``decay * into +
+    fisher``, in place. The gradients are computed as
+    :func:`per_sample_grads` computes them (one batched pass where the model
+    allows it), and the module is left as it was.
 
     Args:
         module: the classifier; ``module(x)`` gives logits ``[B, C]``.
-            Evaluated as :func:`per_sample_grads` evaluates it.
         loader: an iterable of batches, each ``(inputs, targets, ...)``
             (further items, such as Mammoth's non-augmented inputs, are
             ignored).
-        weight_by_probability: weight each example by ``p(y | x)``.
+        kind: which Fisher, out of :data:`~backbone.FISHER_KINDS`.
+        weight_by_probability: ``False`` for the empirical Fisher, when
+            ``kind`` is not given.
         reduction: ``'mean'`` or ``'sum'`` over the examples.
         select: which parameters; all by default (the layout of
             :func:`~backbone.get_params`).
@@ -192,6 +217,8 @@ def fisher_diagonal(
             a chunk of per-example gradients under 2**27 elements.
         into: a running Fisher to update in place.
         decay: the factor ``into`` is multiplied by first.
+        generator: the random numbers ``kind='sampled'`` draws its labels
+            with; the global generator when None.
 
     Returns:
         The Fisher, detached: a new vector in the parameters' dtype, or
@@ -200,7 +227,8 @@ def fisher_diagonal(
     Raises:
         TypeError: an argument is of the wrong type, or a batch is not a
             sequence of at least inputs and targets.
-        ValueError: the loader yields no example, ``reduction`` is unknown,
+        ValueError: the loader yields no example, ``kind`` or ``reduction``
+            is unknown, ``kind`` disagrees with ``weight_by_probability``,
             ``into`` has the wrong shape, or as :func:`per_sample_grads`.
 
     Example:
@@ -214,10 +242,21 @@ def fisher_diagonal(
         >>> online = fisher_diagonal(net, data, into=fisher.clone(), decay=0.5)
         >>> torch.allclose(online, 1.5 * fisher)
         True
+        >>> true = fisher_diagonal(net, data, kind="true")
+        >>> true.shape
+        torch.Size([73])
     """
     module = check_module(module)
     if not isinstance(weight_by_probability, bool):
         raise TypeError(f"weight_by_probability must be a bool, got {type(weight_by_probability).__name__}")
+    if kind is None:
+        kind = "mammoth" if weight_by_probability else "empirical"
+    elif kind not in FISHER_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, FISHER_KINDS))}, got {kind!r}")
+    elif not weight_by_probability and kind != "empirical":
+        raise ValueError(f"weight_by_probability=False asks for the empirical Fisher, but kind={kind!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     decay = check_real(decay, "decay")
@@ -254,11 +293,19 @@ def fisher_diagonal(
         x: Tensor, y: Tensor, differentiated: dict[str, Tensor], fixed: dict[str, Tensor]
     ) -> tuple[Tensor, Tensor]:
         logits = _call(module, slots, {**fixed, **differentiated}, x, buffers)
-        if not isinstance(logits, Tensor) or logits.dim() != 2:
-            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"fisher_diagonal needs module(x) to be logits [1, C] for one example, got {got}")
+        _check_logits(logits, 1)
         log_p = F.log_softmax(logits, dim=1)[0].gather(0, y.reshape(1))[0]
         return log_p, log_p.detach()
+
+    def batch_log_likelihoods(out: Any, y: Tensor) -> tuple[Tensor, Tensor]:
+        _check_logits(out, y.shape[0])
+        log_p = F.log_softmax(out, dim=1).gather(1, y[:, None])[:, 0]
+        return log_p, log_p.detach()
+
+    weighted = kind in ("mammoth", "true")
+
+    def weigh(log_p: Tensor | None) -> Tensor:
+        return cast(Tensor, log_p).exp() if weighted else torch.ones_like(cast(Tensor, log_p))
 
     fisher = torch.zeros(total_size, dtype=dtype, device=_device(params))
     seen = 0
@@ -280,21 +327,45 @@ def fisher_diagonal(
         now = walk(module, select)[1]
         if [p.shape for p in now] != shapes:
             raise ValueError("the selected parameters changed shape while the loader ran; expected a fixed model")
+        examples = inputs.shape[0]
         targets = targets.long()
-        chunks = _rows(module, names, params, log_likelihood, inputs, targets, chunk_size, with_aux=True)
-        for count, grads, log_p in chunks:
-            weights = cast(Tensor, log_p).exp() if weight_by_probability else torch.ones(count, device=fisher.device)
+        if kind in ("true", "sampled"):
+            probabilities = _probabilities(module, slots, buffers, inputs)
+            if kind == "true":  # every class of every example, weighted by its probability
+                classes = probabilities.shape[1]
+                inputs = inputs.repeat_interleave(classes, dim=0)
+                targets = torch.arange(classes, device=targets.device).repeat(examples)
+            else:
+                drawn = torch.multinomial(probabilities.to(_generator_device(generator)), 1, generator=generator)
+                targets = drawn[:, 0].to(targets.device)
+        chunks = _rows(
+            module,
+            names,
+            params,
+            log_likelihood,
+            inputs,
+            targets,
+            chunk_size,
+            with_aux=True,
+            batch=batch_log_likelihoods,
+            weigh=weigh,
+        )
+        for count, grads, log_p, squared in chunks:
+            weights = weigh(log_p)
             offset = 0
             for name, p in zip(names, params, strict=True):
                 if name in grads:  # each parameter's part of the sum in place, with no row of the whole model
-                    g = grads[name].reshape(count, -1).to(device=fisher.device, dtype=fisher.dtype)
                     part = fisher[offset : offset + p.numel()]
-                    if count == 1:
-                        part.addcmul_(g[0], g[0], value=float(weights[0]))
+                    if squared:
+                        part.add_(grads[name].reshape(-1).to(device=fisher.device, dtype=fisher.dtype))
                     else:
-                        part.addmv_(g.square().T, weights.to(device=g.device, dtype=g.dtype))
+                        g = grads[name].reshape(count, -1).to(device=fisher.device, dtype=fisher.dtype)
+                        if count == 1:
+                            part.addcmul_(g[0], g[0], value=float(weights[0]))
+                        else:
+                            part.addmv_(g.square().T, weights.to(device=g.device, dtype=g.dtype))
                 offset += p.numel()
-        seen += inputs.shape[0]
+        seen += examples
     if seen == 0:
         raise ValueError("loader yielded no example; expected at least one batch")
     if reduction == "mean":
@@ -304,6 +375,33 @@ def fisher_diagonal(
     with torch.no_grad():
         into.mul_(decay).add_(fisher.to(into.dtype).to(into.device))
     return into
+
+
+def _check_logits(logits: object, batch: int) -> None:
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != batch:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"fisher_diagonal needs module(x) to be logits [{batch}, C] for {batch} examples, got {got}")
+
+
+def _probabilities(
+    module: nn.Module, slots: list[tuple[str, str]], buffers: dict[str, Tensor], inputs: Tensor
+) -> Tensor:
+    """``softmax(module(inputs))`` for the batch, the module left as it was (for the true and sampled Fishers)."""
+    every_names, every_params = walk(module)
+    values = dict(zip(every_names, (_normal(p) for p in every_params), strict=True))
+    with _left_as_it_was(module), torch.inference_mode(False), torch.no_grad():
+        x = inputs.clone() if inputs.is_inference() else inputs
+        mapping = {slot: values[name] for slot, name in slots} | buffers
+        try:
+            logits = functional_call(module, mapping, (x,), tie_weights=False, strict=False)
+        except Exception as error:
+            raise ValueError(f"the model failed on the batch: {type(error).__name__}: {error}") from error
+        _check_logits(logits, inputs.shape[0])
+        return F.softmax(logits.float(), dim=1)
+
+
+def _generator_device(generator: torch.Generator | None) -> torch.device:
+    return torch.device("cpu") if generator is None else generator.device
 
 
 # --- the pass over the examples ----------------------------------------------
@@ -355,12 +453,16 @@ def _rows(
     chunk_size: int | None,
     *,
     with_aux: bool,
-) -> Iterator[tuple[int, dict[str, Tensor], Tensor | None]]:
+    batch: BatchLosses | None = None,
+    weigh: Callable[[Tensor | None], Tensor] | None = None,
+) -> Iterator[tuple[int, dict[str, Tensor], Tensor | None, bool]]:
     """Each example's gradients, a chunk of examples at a time: ``(examples, {name: [examples, *shape]}, aux)``.
 
     Only parameters that require a gradient have an entry. A chunk is ``chunk_size`` examples where the
-    batch is vectorised, one where the examples are taken one by one, so that a caller that only sums
-    them (the Fisher) never holds the whole batch's gradients.
+    batch is vectorised or taken in one batched pass (``batch`` gives the per-example losses from the
+    batch's output; see :mod:`backbone.batched_grads` for where it applies), one where the examples are
+    taken one by one, so that a caller that only sums them (the Fisher) never holds the whole batch's
+    gradients.
     """
     # Autograd runs even when the caller is in torch.inference_mode(): the gradients are computed as outside it
     # (an input made there is cloned into a normal tensor, which autograd can save). Only the computation leaves
@@ -376,17 +478,40 @@ def _rows(
             inputs = inputs.clone()
         if targets.is_inference():
             targets = targets.clone()
+    batched = None
+    if batch is not None and differentiated and batched_grads.applies(module, _PER_EXAMPLE_MODELS):
+        batched = _batched_chunks(module, differentiated, fixed, batch)
     one_by_one = functools.partial(_one_by_one, example_fn, with_aux)
     vectorised = None
     if _vectorises_well(module):
         # Nothing to differentiate: the rows are zeros, but the model and the loss still run.
         one = grad(example_fn, argnums=2, has_aux=with_aux) if differentiated else example_fn
         vectorised = vmap(one, in_dims=(0, 0, None, None), randomness="different")
-    with warnings.catch_warnings(), _left_as_it_was(module) as put_back, _parametrizations_uncached():
+    with (
+        warnings.catch_warnings(),
+        _left_as_it_was(module) as put_back,
+        _parametrizations_uncached(),
+        torch.random.fork_rng(devices=_cuda(differentiated | fixed), device_type="cuda"),
+    ):
         # torch.func runs attention without a batching rule one example at a time, and says so on every call.
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
         start = 0
         while start < inputs.shape[0]:
+            if batched is not None:
+                stop = start + (chunk_size or inputs.shape[0])
+                x, y = inputs[start:stop], targets[start:stop]
+                try:
+                    with torch.inference_mode(False), torch.enable_grad():
+                        grads, aux = batched(x, y, weigh)
+                except Exception:
+                    # As for a failed vectorised attempt: undone, and the examples taken another way, which
+                    # names the example and the reason when the model or the loss fails.
+                    put_back()
+                    batched = None
+                    continue
+                yield x.shape[0], grads, aux, weigh is not None
+                start += x.shape[0]
+                continue
             if vectorised is not None:
                 stop = start + (chunk_size or inputs.shape[0])
                 x, y = inputs[start:stop], targets[start:stop]
@@ -412,8 +537,64 @@ def _rows(
                     ) from error
             aux = cast(Tensor, result[1]) if with_aux else None
             grads = cast(dict[str, Tensor], result[0] if with_aux else result) if differentiated else {}
-            yield x.shape[0], grads, aux
+            yield x.shape[0], grads, aux, False
             start += x.shape[0]
+
+
+BatchLosses = Callable[[Any, Tensor], tuple[Tensor, "Tensor | None"]]
+"""``(batch output, targets) -> (per-example losses [B], aux [B] or None)``."""
+
+#: The package's models whose forward keeps the examples of a batch apart (checked for the batched way).
+_PER_EXAMPLE_MODELS: tuple[type[nn.Module], ...] = (MNISTMLP,)
+
+
+def _batched_chunks(
+    module: nn.Module, differentiated: dict[str, Tensor], fixed: dict[str, Tensor], batch_losses: BatchLosses
+) -> Callable[[Tensor, Tensor, Callable[[Tensor | None], Tensor] | None], tuple[dict[str, Tensor], Tensor | None]]:
+    """A function computing one chunk in one batched forward and backward (see :mod:`.batched_grads`).
+
+    It gives ``({name: rows [B, *shape]}, aux)``, or with ``weigh`` (aux to
+    weights ``[B]``) ``{name: weighted sum of squared rows [*shape]}``.
+    """
+    slots, buffers = _slots(module), _inference_buffers(module)
+    with torch.inference_mode(False):
+        # Fresh leaves (hooks on the module's own parameter tensors do not run, as on the other ways).
+        leaves = {name: t.detach().requires_grad_() for name, t in differentiated.items()}
+    values = {slot: {**fixed, **leaves}[name] for slot, name in slots} | buffers
+    names = {id(t): name for name, t in leaves.items()}
+    every_names, every_params = walk(module)
+    owned = {id(p) for name, p in zip(every_names, every_params, strict=True) if name in leaves}
+    wanted: set[nn.Module] = {
+        m
+        for m in module.modules()
+        if isinstance(m, nn.Linear | nn.LayerNorm) and any(id(p) in owned for p in m.parameters(recurse=False))
+    }
+
+    def chunk(
+        x: Tensor, y: Tensor, weigh: Callable[[Tensor | None], Tensor] | None
+    ) -> tuple[dict[str, Tensor], Tensor | None]:
+        records, grads, aux = batched_grads.run(module, values, x, wanted, lambda out: batch_losses(out, y))
+        found = (
+            batched_grads.per_example(records, grads)
+            if weigh is None
+            else batched_grads.squared_sums(records, grads, weigh(aux))
+        )
+        out: dict[str, Tensor] = {}
+        for leaf, value in found:
+            name = names.get(id(leaf))
+            if name is not None:  # a frozen weight beside a trainable bias has no column
+                out[name] = value if name not in out else out[name] + value
+        for name, leaf in leaves.items():  # a parameter the loss does not reach: zeros, as the loop gives
+            if name not in out:
+                shape = (*(() if weigh is not None else (x.shape[0],)), *leaf.shape)
+                out[name] = torch.zeros(shape, dtype=leaf.dtype, device=leaf.device)
+        return out, aux
+
+    return chunk
+
+
+def _cuda(tensors: dict[str, Tensor]) -> list[torch.device]:
+    return sorted({t.device for t in tensors.values() if t.device.type == "cuda"}, key=str)
 
 
 def _vectorises_well(module: nn.Module) -> bool:

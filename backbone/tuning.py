@@ -36,7 +36,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from . import sites as _sites
 from ._checks import check_bool, check_int, check_module
+from .sites import low_rank_delta, select_sites
 
 __all__ = [
     "LINEAR_SITES",
@@ -149,7 +151,7 @@ class LoRA(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Return ``scale * x @ A.T @ B.T``: what the delta adds to the layer's output."""
-        return F.linear(F.linear(x, self.A), self.B) * self.scale
+        return low_rank_delta(x, self.A, self.B) * self.scale
 
     def extra_repr(self) -> str:
         out_features, in_features = self.B.shape[0], self.A.shape[1]
@@ -319,8 +321,14 @@ def _block_list(blocks: object, name: str) -> list[int]:
     return [check_int(b, f"each of {name}") for b in blocks]
 
 
+_WAY = (
+    "pass target_modules (names or a regular expression, as peft's) to pick the layers of any model, or "
+    "blocks=/sites= on a ViT with timm's layout (backbone.VisionTransformer, a timm VisionTransformer, from_timm)"
+)
+
+
 def _vit_blocks(model: object, what: str) -> list[Any]:
-    """The model's blocks, each with its ``tuning`` container; refuses anything else."""
+    """The reference ViT's blocks, each with its ``tuning`` container; refuses anything else."""
     module = check_module(model, f" as {what}'s model")
     blocks = getattr(module, "blocks", None)
     tuning = getattr(module, "tuning", None)
@@ -335,6 +343,33 @@ def _vit_blocks(model: object, what: str) -> list[Any]:
             "with load_checkpoint(net, timm_model.state_dict())"
         )
     return list(blocks)
+
+
+def _timm_layout_blocks(model: nn.Module, what: str) -> tuple[str, list[nn.Module]]:
+    """The qualified name of a ViT's block container and its blocks, for ``blocks=``/``sites=``.
+
+    Any model whose ``blocks`` (or, for an adapter such as
+    :func:`~backbone.from_timm`, ``model.blocks``) holds blocks with timm's
+    ``norm1``, ``attn.qkv``, ``attn.proj``, ``norm2``, ``mlp.fc1`` and
+    ``mlp.fc2``.
+    """
+    for prefix in ("blocks", "model.blocks"):
+        try:
+            container = model.get_submodule(prefix)
+        except AttributeError:
+            continue
+        blocks = list(container.children()) if isinstance(container, nn.Sequential | nn.ModuleList) else []
+        if blocks and all(_has_timm_layout(b) for b in blocks):
+            return prefix, blocks
+    raise TypeError(f"{what}: {type(model).__name__} has no ViT blocks in timm's layout; {_WAY}")
+
+
+def _has_timm_layout(block: nn.Module) -> bool:
+    paths = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+    try:
+        return all(isinstance(block.get_submodule(p), nn.Module) for p in paths)
+    except AttributeError:
+        return False
 
 
 def _chosen_blocks(blocks: object, depth: int, what: str) -> list[int]:
@@ -367,27 +402,58 @@ def _chosen_sites(sites: object, allowed: tuple[str, ...], what: str) -> list[st
     return chosen
 
 
-def _site_layer(block: Any, site: str) -> nn.Module:
-    """The module whose output the site names: a linear layer or a LayerNorm."""
-    if site in ("qkv", "proj"):
-        return cast(nn.Module, getattr(block.attn, site))
-    if site in ("fc1", "fc2"):
-        return cast(nn.Module, getattr(block.mlp, site))
-    return cast(nn.Module, getattr(block, site))
+_SITE_PATHS = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
 
 
-def _check_free(blocks: list[Any], places: list[tuple[int, str]], what: str) -> None:
+def _layers(
+    model: nn.Module,
+    target_modules: object,
+    sites: object,
+    allowed: tuple[str, ...],
+    blocks: object,
+    kinds: tuple[type[nn.Module], ...],
+    what: str,
+) -> list[tuple[str, nn.Module]]:
+    """The layers a hook goes on: by ``target_modules`` on any model, else by ``sites`` and ``blocks`` on a ViT."""
+    check_module(model, f" as {what}'s model")
+    if target_modules is not None:
+        if sites is not None or blocks is not None:
+            raise ValueError(f"{what}: give target_modules, or sites and blocks, not both")
+        return select_sites(model, target_modules, kinds, what)
+    prefix, all_blocks = _timm_layout_blocks(model, what)
+    chosen_sites = _chosen_sites(allowed if sites is None else sites, allowed, what)
+    names = [
+        f"{prefix}.{i}.{_SITE_PATHS.get(site, site)}"
+        for i in _chosen_blocks(blocks, len(all_blocks), what)
+        for site in chosen_sites
+    ]
+    return [(name, model.get_submodule(name)) for name in names]
+
+
+def _check_free(layers: list[tuple[str, nn.Module]], key: str, what: str) -> None:
     """Refuse before anything is built (building draws random numbers) if any place is taken."""
-    for index, key in places:
-        if key in blocks[index].tuning:
-            raise ValueError(f"{what}: block {index} already has {key!r} attached; remove_tuning first")
+    for name, layer in layers:
+        if _sites.attached(layer, key) is not None:
+            raise ValueError(f"{what}: {name} already has {key!r} attached; remove_tuning first")
 
 
-def _attach(blocks: list[Any], made: dict[tuple[int, str], nn.Module]) -> None:
-    for (index, key), hook in made.items():
-        # A hook takes the mode of the block it joins (a fresh module is in training mode: its dropout would run
-        # in a model that was put in eval mode).
-        blocks[index].tuning[key] = hook.train(blocks[index].training)
+def _width(layer: nn.Module, what: str, name: str, side: str) -> int:
+    """A site's input (``side='in'``) or output width: a Linear's, a LayerNorm's, or the first/last Linear inside."""
+    if isinstance(layer, nn.LayerNorm):
+        return int(layer.normalized_shape[-1])
+    linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"{what}: cannot tell the width of {name} ({type(layer).__name__}); pick a Linear or LayerNorm"
+        )
+    return linears[0].in_features if side == "in" else linears[-1].out_features
+
+
+def _reference(layer: nn.Module, model: nn.Module) -> Tensor:
+    """A tensor whose device and dtype a hook on ``layer`` takes: its first parameter, else the model's."""
+    for p in itertools.chain(layer.parameters(), model.parameters()):
+        return p
+    return torch.empty(0)
 
 
 def _like(hook: nn.Module, weight: Tensor) -> nn.Module:
@@ -398,30 +464,39 @@ def add_lora(
     model: nn.Module,
     rank: int,
     *,
-    sites: Sequence[str] = LINEAR_SITES,
+    target_modules: str | Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
     blocks: Sequence[int] | None = None,
     alpha: float | None = None,
 ) -> list[LoRA]:
-    """Attach a :class:`~backbone.LoRA` to each of ``sites`` in each of ``blocks``.
+    """Attach a :class:`~backbone.LoRA` to each chosen linear layer, of any model.
 
-    Each LoRA is made on its layer's device and dtype and lives at
-    ``blocks.{i}.tuning.lora_{site}``. Nothing is attached if any place is
-    already taken or any argument is wrong.
+    The layers are picked by ``target_modules``, as peft picks them (names,
+    matched as the whole qualified name or its last parts, or one regular
+    expression matched against the whole name), on any model; or, on a ViT
+    with timm's layout (the package's, timm's own, or one made by
+    :func:`~backbone.from_timm`), by ``sites`` out of
+    :data:`~backbone.LINEAR_SITES` in ``blocks``. Each LoRA is made on its
+    layer's device and dtype and lives at ``<layer>.tuning.lora``; the
+    layer's own ``state_dict`` keys do not change. Nothing is attached if any
+    layer already has one or any argument is wrong.
 
     Args:
-        model: a :class:`~backbone.VisionTransformer`.
+        model: any module.
         rank: the rank of every delta.
-        sites: which linear layers, out of :data:`~backbone.LINEAR_SITES`.
+        target_modules: which ``nn.Linear`` layers, by name.
+        sites: which linear layers of each block (all four by default).
         blocks: which blocks; all when None.
         alpha: the scale's numerator (see :class:`~backbone.LoRA`).
 
     Returns:
-        The new LoRA modules, block by block, in the order of ``sites``.
+        The new LoRA modules, in the order of the model's layers.
 
     Raises:
-        TypeError: ``model`` is not a VisionTransformer.
-        ValueError: a bad rank, site or block index, or a place that
-            already holds a LoRA.
+        TypeError: ``model`` is not a module, or has no ViT blocks and no
+            ``target_modules`` was given.
+        ValueError: a bad rank, site, block index or target, a target that is
+            not ``nn.Linear``, or a layer that already holds a LoRA.
 
     Example:
         >>> import torch
@@ -432,22 +507,23 @@ def add_lora(
         >>> loras = add_lora(net, rank=4, sites=("qkv", "fc1"))
         >>> len(loras), torch.equal(net(x), before)   # B starts at zero
         (24, True)
-        >>> [n for n, _ in net.named_parameters() if n.startswith("blocks.0.tuning")]  # doctest: +NORMALIZE_WHITESPACE
-        ['blocks.0.tuning.lora_qkv.A', 'blocks.0.tuning.lora_qkv.B',
-         'blocks.0.tuning.lora_fc1.A', 'blocks.0.tuning.lora_fc1.B']
+        >>> [n for n, _ in net.named_parameters() if ".tuning." in n][:2]
+        ['blocks.0.attn.qkv.tuning.lora.A', 'blocks.0.attn.qkv.tuning.lora.B']
+        >>> mlp = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        >>> len(add_lora(mlp, 2, target_modules=["0", "2"]))   # any model, layers by name
+        2
     """
-    all_blocks = _vit_blocks(model, "add_lora")
+    layers = _layers(model, target_modules, sites, LINEAR_SITES, blocks, (nn.Linear,), "add_lora")
     if check_int(rank, "rank") < 1:
         raise ValueError(f"rank must be a positive int, got {rank}")
-    chosen_sites = _chosen_sites(sites, LINEAR_SITES, "add_lora")
-    places = [(i, site) for i in _chosen_blocks(blocks, len(all_blocks), "add_lora") for site in chosen_sites]
-    _check_free(all_blocks, [(i, f"lora_{site}") for i, site in places], "add_lora")
-    made: dict[tuple[int, str], nn.Module] = {}
-    for index, site in places:
-        layer = cast(nn.Linear, _site_layer(all_blocks[index], site))
-        made[index, f"lora_{site}"] = _like(LoRA(layer.in_features, layer.out_features, rank, alpha), layer.weight)
-    _attach(all_blocks, made)
-    return cast(list[LoRA], list(made.values()))
+    _check_free(layers, "lora", "add_lora")
+    made = []
+    for _, layer in layers:
+        linear = cast(nn.Linear, layer)
+        made.append((layer, _like(LoRA(linear.in_features, linear.out_features, rank, alpha), linear.weight)))
+    for layer, lora in made:
+        _sites.attach(layer, "lora", lora)
+    return [cast(LoRA, lora) for _, lora in made]
 
 
 def add_adapters(
@@ -456,28 +532,42 @@ def add_adapters(
     *,
     mode: str = "parallel",
     blocks: Sequence[int] | None = None,
+    target_modules: str | Sequence[str] | None = None,
     scale: float | str = 1.0,
     dropout: float = 0.0,
     norm: str = "none",
 ) -> list[Adapter]:
-    """Attach an :class:`~backbone.Adapter` to each of ``blocks`` (at ``blocks.{i}.tuning.adapter``).
+    """Attach an :class:`~backbone.Adapter` to blocks of the package's ViT, or to named modules of any model.
+
+    With ``blocks`` (the package's :class:`~backbone.VisionTransformer`),
+    each adapter sits beside (or after) a block's MLP as AdaptFormer puts
+    it, at ``blocks.{i}.tuning.adapter``. With ``target_modules`` (any
+    model), each picked module ``m`` gets ``m(x) + adapter(x)``
+    (``'parallel'``) or ``m(x) + adapter(m(x))`` (``'sequential'``), the
+    adapter at ``<module>.tuning.adapter``: on a timm ViT's
+    ``blocks.{i}.mlp`` that is an adapter beside the MLP fed the normalised
+    tokens the MLP sees.
 
     Args:
-        model: a :class:`~backbone.VisionTransformer`.
+        model: a :class:`~backbone.VisionTransformer`, or any module with
+            ``target_modules``.
         bottleneck: the adapters' hidden width.
         mode: ``'parallel'`` or ``'sequential'`` (see :class:`~backbone.Adapter`).
-        blocks: which blocks; all when None.
+        blocks: which blocks of the package's ViT; all when None.
+        target_modules: which modules, by name (as for :func:`~backbone.add_lora`).
         scale: the factor on each adapter's output, or ``'learnable'``.
         dropout: the adapters' dropout (see :class:`~backbone.Adapter`).
         norm: where each adapter has a LayerNorm: ``'none'``, ``'in'``, ``'out'``.
 
     Returns:
-        The new adapters, in block order.
+        The new adapters, in the model's order.
 
     Raises:
-        TypeError: ``model`` is not a VisionTransformer.
-        ValueError: a bad size, mode or block index, or a block that
-            already has an adapter.
+        TypeError: ``model`` is not the package's ViT and no
+            ``target_modules`` was given.
+        ValueError: a bad size, mode, block index or target, a module whose
+            input and output widths differ (``'parallel'``), or a place
+            already taken.
 
     Example:
         >>> from backbone import add_adapters, vit_tiny_patch4_32
@@ -485,60 +575,79 @@ def add_adapters(
         >>> len(add_adapters(net, 16, blocks=[10, 11])), net.blocks[11].tuning.adapter.up.weight.shape
         (2, torch.Size([192, 16]))
     """
+    if target_modules is not None:
+        if blocks is not None:
+            raise ValueError("add_adapters: give target_modules or blocks, not both")
+        layers = select_sites(
+            check_module(model, " as add_adapters's model"), target_modules, (nn.Module,), "add_adapters"
+        )
+        _check_free(layers, "adapter", "add_adapters")
+        made = []
+        for name, layer in layers:
+            width = _width(layer, "add_adapters", name, "out")
+            if mode == "parallel" and _width(layer, "add_adapters", name, "in") != width:
+                raise ValueError(f"add_adapters: a parallel adapter needs {name}'s input and output widths equal")
+            made.append((layer, Adapter(width, bottleneck, mode, scale, dropout=dropout, norm=norm)))
+        for layer, hook in made:
+            _sites.attach(layer, "adapter", _like(hook, _reference(layer, model)))
+        return [hook for _, hook in made]
     all_blocks = _vit_blocks(model, "add_adapters")
     dim = cast(nn.LayerNorm, all_blocks[0].norm1).normalized_shape[0]
     chosen = _chosen_blocks(blocks, len(all_blocks), "add_adapters")
-    _check_free(all_blocks, [(i, "adapter") for i in chosen], "add_adapters")
-    made: dict[tuple[int, str], nn.Module] = {}
-    for index in chosen:
-        weight = all_blocks[index].mlp.fc1.weight
-        made[index, "adapter"] = _like(Adapter(dim, bottleneck, mode, scale, dropout=dropout, norm=norm), weight)
-    _attach(all_blocks, made)
-    return cast(list[Adapter], list(made.values()))
+    for i in chosen:
+        if "adapter" in all_blocks[i].tuning:
+            raise ValueError(f"add_adapters: block {i} already has 'adapter' attached; remove_tuning first")
+    new = [(i, Adapter(dim, bottleneck, mode, scale, dropout=dropout, norm=norm)) for i in chosen]
+    for i, adapter in new:
+        _like(adapter, all_blocks[i].mlp.fc1.weight)
+        # A hook takes the mode of the block it joins (a fresh module is in training mode: its dropout would run
+        # in a model that was put in eval mode).
+        all_blocks[i].tuning["adapter"] = adapter.train(all_blocks[i].training)
+    return [adapter for _, adapter in new]
 
 
 def add_ssf(
     model: nn.Module,
     *,
-    sites: Sequence[str] = SSF_SITES,
+    target_modules: str | Sequence[str] | None = None,
+    sites: Sequence[str] | None = None,
     blocks: Sequence[int] | None = None,
 ) -> list[SSF]:
-    """Attach an :class:`~backbone.SSF` after each of ``sites`` in each of ``blocks``.
+    """Attach an :class:`~backbone.SSF` after each chosen layer (a Linear or LayerNorm), of any model.
 
-    The patch embedding and the final LayerNorm are left alone.
+    The layers are picked as for :func:`~backbone.add_lora`: by
+    ``target_modules`` on any model, or by ``sites`` out of
+    :data:`~backbone.SSF_SITES` in ``blocks`` on a ViT with timm's layout.
+    Each lives at ``<layer>.tuning.ssf``.
 
     Args:
-        model: a :class:`~backbone.VisionTransformer`.
-        sites: which outputs, out of :data:`~backbone.SSF_SITES`.
+        model: any module.
+        target_modules: which ``nn.Linear`` or ``nn.LayerNorm`` layers, by name.
+        sites: which outputs of each block (all six by default).
         blocks: which blocks; all when None.
 
     Returns:
-        The new modules, block by block, in the order of ``sites``.
+        The new modules, in the order of the model's layers.
 
     Raises:
-        TypeError: ``model`` is not a VisionTransformer.
-        ValueError: a bad site or block index, or a place already taken.
+        TypeError: ``model`` is not a module, or has no ViT blocks and no
+            ``target_modules`` was given.
+        ValueError: a bad site, block index or target, or a place already taken.
 
     Example:
         >>> from backbone import add_ssf, vit_tiny_patch4_32
         >>> net = vit_tiny_patch4_32(10)
-        >>> len(add_ssf(net)), net.blocks[0].tuning.ssf_fc1.scale.shape
+        >>> len(add_ssf(net)), net.blocks[0].mlp.fc1.tuning.ssf.scale.shape
         (72, torch.Size([768]))
     """
-    all_blocks = _vit_blocks(model, "add_ssf")
-    chosen_sites = _chosen_sites(sites, SSF_SITES, "add_ssf")
-    places = [(i, site) for i in _chosen_blocks(blocks, len(all_blocks), "add_ssf") for site in chosen_sites]
-    _check_free(all_blocks, [(i, f"ssf_{site}") for i, site in places], "add_ssf")
-    made: dict[tuple[int, str], nn.Module] = {}
-    for index, site in places:
-        layer = _site_layer(all_blocks[index], site)
-        if isinstance(layer, nn.Linear):
-            width, weight = layer.out_features, layer.weight
-        else:
-            width, weight = cast(nn.LayerNorm, layer).normalized_shape[0], all_blocks[index].attn.qkv.weight
-        made[index, f"ssf_{site}"] = _like(SSF(width), weight)
-    _attach(all_blocks, made)
-    return cast(list[SSF], list(made.values()))
+    layers = _layers(model, target_modules, sites, SSF_SITES, blocks, (nn.Linear, nn.LayerNorm), "add_ssf")
+    _check_free(layers, "ssf", "add_ssf")
+    made = [
+        (layer, _like(SSF(_width(layer, "add_ssf", name, "out")), _reference(layer, model))) for name, layer in layers
+    ]
+    for layer, ssf in made:
+        _sites.attach(layer, "ssf", ssf)
+    return [cast(SSF, ssf) for _, ssf in made]
 
 
 def add_prompts(model: nn.Module, length: int, *, blocks: Sequence[int] = (0,)) -> PromptTokens:
@@ -584,10 +693,10 @@ def remove_tuning(model: nn.Module) -> None:
     call ``model.requires_grad_(True)`` to train the whole model again.
 
     Args:
-        model: a :class:`~backbone.VisionTransformer`.
+        model: any module (the package's ViT, a timm model, ...).
 
     Raises:
-        TypeError: ``model`` is not a VisionTransformer.
+        TypeError: ``model`` is not a module.
         ValueError: a merged layer's weight changed since the merge (see
             :func:`~backbone.unmerge_lora`); nothing is removed then.
 
@@ -601,21 +710,22 @@ def remove_tuning(model: nn.Module) -> None:
         >>> list(net.state_dict()) == keys
         True
     """
-    all_blocks = _vit_blocks(model, "remove_tuning")
-    unmerge_lora(model)
-    for block in all_blocks:
-        block.tuning.clear()
-    cast(nn.ModuleDict, model.tuning).clear()
+    module = check_module(model, " as remove_tuning's model")
+    unmerge_lora(module)
+    _sites.detach_all(module)
+    for sub in module.modules():
+        tuning = getattr(sub, "tuning", None)
+        if isinstance(tuning, nn.ModuleDict):  # the package's ViT: its blocks' adapters and its prompts
+            tuning.clear()
 
 
 def _loras(model: nn.Module, what: str) -> list[tuple[nn.Linear, LoRA]]:
-    pairs = []
-    for block in _vit_blocks(model, what):
-        for site in LINEAR_SITES:
-            hook = block.tuning[f"lora_{site}"] if f"lora_{site}" in block.tuning else None  # noqa: SIM401 (ModuleDict has no get)
-            if isinstance(hook, LoRA):
-                pairs.append((cast(nn.Linear, _site_layer(block, site)), hook))
-    return pairs
+    module = check_module(model, f" as {what}'s model")
+    return [
+        (layer, lora)
+        for _, layer, lora in _sites.sites_with(module, "lora")
+        if isinstance(lora, LoRA) and isinstance(layer, nn.Linear)
+    ]
 
 
 @torch.no_grad()
@@ -628,13 +738,15 @@ def merge_lora(model: nn.Module) -> int:
     left alone.
 
     Args:
-        model: a :class:`~backbone.VisionTransformer`.
+        model: any module with LoRA modules attached by :func:`~backbone.add_lora`.
 
     Returns:
         How many deltas were merged by this call.
 
     Raises:
-        TypeError: ``model`` is not a VisionTransformer.
+        TypeError: ``model`` is not a module.
+        ValueError: the weights hold no data (meta) or cannot be written here
+            (inference tensors outside inference mode).
 
     Example:
         >>> import torch
@@ -720,13 +832,13 @@ def unmerge_lora(model: nn.Module) -> int:
     cannot be told from the rounding and is not detected.
 
     Args:
-        model: a :class:`~backbone.VisionTransformer`.
+        model: any module with LoRA modules attached by :func:`~backbone.add_lora`.
 
     Returns:
         How many deltas were unmerged.
 
     Raises:
-        TypeError: ``model`` is not a VisionTransformer.
+        TypeError: ``model`` is not a module.
         ValueError: a merged weight changed since the merge.
 
     Example:
@@ -791,7 +903,8 @@ def freeze_base(model: nn.Module, *, train_head: bool = False) -> list[str]:
     covers exactly the hooks' parameters (and the head's).
 
     Args:
-        model: a :class:`~backbone.VisionTransformer`.
+        model: any module; with ``train_head``, one with ``get_classifier()``
+            (a backbone) or a ``head``.
         train_head: keep the classifier trainable too.
 
     Returns:
@@ -807,13 +920,21 @@ def freeze_base(model: nn.Module, *, train_head: bool = False) -> list[str]:
         >>> _ = add_lora(net, 4, sites=["qkv"])
         >>> names = freeze_base(net, train_head=True)
         >>> names[:2], names[-2:], get_params(net, select="trainable").numel()
-        (['blocks.0.tuning.lora_qkv.A', 'blocks.0.tuning.lora_qkv.B'], ['head.weight', 'head.bias'], 38794)
+        (['blocks.0.attn.qkv.tuning.lora.A', 'blocks.0.attn.qkv.tuning.lora.B'], ['head.weight', 'head.bias'], 38794)
     """
-    _vit_blocks(model, "freeze_base")
+    module = check_module(model, " as freeze_base's model")
     check_bool("train_head", train_head)
-    head = {id(p) for p in cast(Any, model).get_classifier().parameters()} if train_head else set()
+    head: set[int] = set()
+    if train_head:
+        get_classifier = getattr(module, "get_classifier", None)
+        classifier = get_classifier() if callable(get_classifier) else getattr(module, "head", None)
+        if not isinstance(classifier, nn.Module):
+            raise TypeError(
+                f"freeze_base: train_head=True needs get_classifier() or a head, {type(module).__name__} has neither"
+            )
+        head = {id(p) for p in classifier.parameters()}
     trainable = []
-    for name, parameter in model.named_parameters():
+    for name, parameter in module.named_parameters():
         keep = is_tuning_parameter(name) or id(parameter) in head
         parameter.requires_grad_(keep)
         if keep:

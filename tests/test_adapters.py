@@ -6,6 +6,7 @@ where a missing timm or torchvision is an error, not a skip.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -156,8 +157,12 @@ def test_a_plain_timm_or_torchvision_model_is_told_which_adapter_to_use() -> Non
             check_backbone(model, x)
         assert str(info.value).endswith(f"wrap it with backbone.{adapter}(model) and check that")
         assert "plain" not in str(info.value).split(adapter)[1]  # said once, at the end
-    with pytest.raises(TypeError, match=r"add_lora expects the package's VisionTransformer.*load_checkpoint"):
-        backbone.add_lora(from_timm(plain["from_timm"]), 2)
+    # A ViT in another layout (torchvision's) is told to name its layers; timm's takes blocks= and sites=.
+    with pytest.raises(
+        TypeError, match=r"add_lora: VisionTransformer has no ViT blocks in timm's layout; pass target_modules"
+    ):
+        backbone.add_lora(plain["from_torchvision"], 2)
+    assert len(backbone.add_lora(from_timm(plain["from_timm"]), 2, sites=["qkv"])) == 12
 
 
 def build_tv(name: str) -> nn.Module:
@@ -347,3 +352,111 @@ def test_per_sample_grads_of_an_adapted_model_equal_the_per_example_loop(make: C
         assert float((rows[i] - expected).abs().max()) <= 1e-6 * float(expected.abs().max())
     fisher = backbone.fisher_diagonal(net, [(x, y)], select="no_classifier")
     assert fisher.shape == (backbone.flat_layout(net, select="no_classifier").numel,) and bool((fisher >= 0).all())
+
+
+# --- tuning a timm ViT, against the reference ViT and peft ------------------------------------------------------
+
+
+def timm_and_ours() -> tuple[nn.Module, backbone.VisionTransformer]:
+    """A small timm ViT and the package's ViT with the same weights, in float64 so that differences are rounding."""
+    torch.manual_seed(0)
+    theirs = _timm().create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=5, img_size=32, patch_size=8, depth=3
+    )
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.2)
+    ours = backbone.VisionTransformer(img_size=32, patch_size=8, num_classes=5, embed_dim=192, depth=3, num_heads=3)
+    ours.load_state_dict(theirs.state_dict())
+    return theirs.double().eval(), ours.double().eval()
+
+
+def g(*shape: int, seed: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 0.3
+
+
+CALLS = {
+    "prompts": {"prompts": {0: g(2, 3, 192, seed=1), 2: g(2, 192, seed=2)}},
+    "prompts added": {"prompts": {0: g(2, 3, 192, seed=1), 1: g(2, 192, seed=2)}, "prompt_mode": "add"},
+    "prompt function": {"prompts": {1: lambda t: t[:, -3:] * 0.5}},
+    "prefixes": {"prefixes": {0: g(2, 2, 4, 192, seed=3), 2: g(2, 1, 192, seed=4)}},
+    "values": {"values": {1: g(2, 192, seed=5)}},
+    "AB": {"AB": {0: {"qkv": {"A": g(2, 192, seed=6), "B": g(576, 2, seed=7)}}, 2: {"fc1": g(768, 192, seed=8)}}},
+}
+
+
+@pytest.mark.parametrize("case", list(CALLS))
+def test_a_timm_vit_takes_every_call_time_input_as_the_reference_vit_does(case: str) -> None:
+    theirs, ours = timm_and_ours()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    kwargs = CALLS[case]
+    expected = ours.forward_features(x, **kwargs)
+    with torch.no_grad(), backbone.call_inputs(theirs, **kwargs):
+        got = theirs.forward_features(x)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    wrapped = from_timm(theirs)
+    features = wrapped(x, returnt="features", **kwargs)
+    torch.testing.assert_close(features, ours(x, returnt="features", **kwargs), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(theirs.forward_features(x), ours.forward_features(x), rtol=1e-10, atol=1e-10)
+
+
+def test_hooks_attached_by_site_on_a_timm_vit_match_the_reference_vit() -> None:
+    theirs, ours = timm_and_ours()
+    wrapped = from_timm(theirs)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    made = [
+        backbone.add_lora(wrapped, 2, sites=["qkv", "fc2"]),
+        backbone.add_ssf(wrapped, sites=["norm1", "proj"], blocks=[1, 2]),
+    ]
+    mine = [
+        backbone.add_lora(ours, 2, sites=["qkv", "fc2"]),
+        backbone.add_ssf(ours, sites=["norm1", "proj"], blocks=[1, 2]),
+    ]
+    for group_theirs, group_ours in zip(made, mine, strict=True):
+        for a, b in zip(group_theirs, group_ours, strict=True):
+            with torch.no_grad():
+                for p, q in zip(a.parameters(), b.parameters(), strict=True):
+                    p.normal_(0, 0.3)
+                    q.copy_(p)
+    torch.testing.assert_close(wrapped(x), ours(x), rtol=1e-10, atol=1e-10)
+    assert "model.blocks.0.attn.qkv.tuning.lora.A" in wrapped.state_dict()
+    assert sorted(k for k in theirs.state_dict() if ".tuning." not in k) == sorted(
+        _timm().create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, num_classes=5).state_dict()
+    )
+    assert backbone.merge_lora(wrapped) == 6
+    torch.testing.assert_close(wrapped(x), ours(x), rtol=1e-9, atol=1e-9)
+    assert backbone.unmerge_lora(wrapped) == 6
+    backbone.remove_tuning(wrapped)
+    torch.testing.assert_close(theirs.forward_features(x), timm_and_ours()[0].forward_features(x))
+
+
+def test_an_attached_lora_is_peft_s_lora_with_the_same_factors() -> None:
+    peft = pytest.importorskip("peft") if not _require_peft() else __import__("peft")
+    theirs, _ = timm_and_ours()
+    twin = copy.deepcopy(theirs)
+    config = peft.LoraConfig(
+        r=3, lora_alpha=6, target_modules=["qkv", "fc1"], lora_dropout=0.0, init_lora_weights=False
+    )
+    peft_model = peft.get_peft_model(twin, config)
+    loras = backbone.add_lora(theirs, 3, target_modules=["qkv", "fc1"], alpha=6.0)
+    peft_layers = [m for m in peft_model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]
+    assert len(peft_layers) == len(loras) == 6
+    with torch.no_grad():
+        for ours_lora, layer in zip(loras, peft_layers, strict=True):
+            ours_lora.A.copy_(layer.lora_A["default"].weight)
+            ours_lora.B.copy_(layer.lora_B["default"].weight)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    out_ours, out_peft = theirs(x), peft_model(x)
+    torch.testing.assert_close(out_ours, out_peft, rtol=1e-10, atol=1e-10)
+    out_ours.square().sum().backward()
+    out_peft.square().sum().backward()
+    for ours_lora, layer in zip(loras, peft_layers, strict=True):
+        torch.testing.assert_close(ours_lora.A.grad, layer.lora_A["default"].weight.grad, rtol=1e-9, atol=1e-10)
+        torch.testing.assert_close(ours_lora.B.grad, layer.lora_B["default"].weight.grad, rtol=1e-9, atol=1e-10)
+
+
+def _require_peft() -> bool:
+    """In tox -e adapters peft is installed, and a missing one is an error, not a skip."""
+    import os
+
+    return os.environ.get("BACKBONE_REQUIRE_TIMM") == "1"

@@ -469,7 +469,8 @@ def test_every_kind_of_hook_keeps_its_values_while_the_base_is_loaded(tmp_path: 
             if is_tuning_parameter(name):
                 p.normal_()
     hooks = {k: v for k, v in state(net).items() if is_tuning_parameter(k)}
-    assert {k.split(".tuning.")[-1].split(".")[0] for k in hooks} >= {"lora_qkv", "adapter", "ssf_fc2"}
+    assert {k.split(".tuning.")[-1].split(".")[0] for k in hooks} >= {"lora", "adapter", "ssf"}
+    assert "blocks.1.mlp.fc2.tuning.ssf.scale" in hooks and "blocks.0.attn.qkv.tuning.lora.A" in hooks
     assert any(k.startswith("tuning.prompts.") for k in hooks)
     path = save_npz(tmp_path / "ViT.npz", google_arrays(source))
     assert sorted(load_checkpoint(net, path)) == sorted(hooks)
@@ -486,7 +487,7 @@ def test_a_model_with_merged_lora_deltas_is_refused_until_unmerged() -> None:
     merge_lora(net)
     before = state(net)
     with pytest.raises(
-        ValueError, match=r"merged into its weights \(blocks\.0\.tuning\.lora_qkv, .*\): call unmerge_lora"
+        ValueError, match=r"merged into its weights \(blocks\.0\.attn\.qkv\.tuning\.lora, .*\): call unmerge_lora"
     ):
         load_checkpoint(net, source.state_dict())
     assert_state_equal(state(net), before)

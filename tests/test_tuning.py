@@ -305,7 +305,7 @@ def test_unmerge_refuses_after_the_merged_weight_changed_and_changes_nothing() -
     assert all(lora.merged for lora in net.modules() if isinstance(lora, backbone.LoRA))
     with pytest.raises(ValueError, match="changed since merge_lora"):
         remove_tuning(net)
-    assert "lora_proj" in net.blocks[0].tuning
+    assert "lora" in net.blocks[0].attn.proj.tuning
 
 
 @pytest.mark.parametrize("convert", ["none", "double", "deepcopy"])
@@ -351,7 +351,7 @@ def test_a_lora_converted_apart_from_its_layer_is_refused() -> None:
     for lora in add_lora(net, 2, sites=["qkv"]):
         randomise(lora)
     merge_lora(net)
-    net.blocks[0].tuning.half()  # the kept weight lives in the LoRA: now half precision, the layer's is not
+    net.blocks[0].attn.qkv.tuning.half()  # the kept weight lives in the LoRA: now half precision, the layer's is not
     weights = {k: v.clone() for k, v in net.state_dict().items()}
     with pytest.raises(ValueError, match="moved or converted apart"):
         unmerge_lora(net)
@@ -621,7 +621,25 @@ def unchanged(net: nn.Module, before: dict[str, Tensor]) -> bool:
         (lambda net: add_lora(net, 2, sites=["qkv", "bogus"]), ValueError, "got 'bogus'"),
         (lambda net: add_lora(net, 2, blocks=[0, 3]), ValueError, "block index 3 is out of range"),
         (lambda net: add_lora(net, 2, blocks=[]), ValueError, "at least one block"),
-        (lambda net: add_lora(nn.Linear(2, 2), 2), TypeError, "VisionTransformer, got Linear"),
+        (
+            lambda net: add_lora(nn.Linear(2, 2), 2),
+            TypeError,
+            "Linear has no ViT blocks in timm's layout; pass target_modules",
+        ),
+        (
+            lambda net: add_lora(net, 2, target_modules=["norm1"]),
+            ValueError,
+            r"must pick Linear modules, but it picks blocks\.0\.norm1",
+        ),
+        (
+            lambda net: add_lora(net, 2, target_modules=["qkvv"]),
+            ValueError,
+            r"matches no module; the Linear modules are blocks\.0\.attn\.qkv",
+        ),
+        (lambda net: add_lora(net, 2, target_modules="blocks.[0-9+"), ValueError, "not a valid regular expression"),
+        (lambda net: add_lora(net, 2, target_modules=[]), TypeError, "non-empty sequence of module names"),
+        (lambda net: add_lora(net, 2, target_modules=["qkv"], blocks=[0]), ValueError, "not both"),
+        (lambda net: add_adapters(net, 2, target_modules=["qkv"]), ValueError, "input and output widths equal"),
         (lambda net: add_adapters(net, 2, mode="serial"), ValueError, "'parallel' or 'sequential', got 'serial'"),
         (lambda net: add_ssf(net, sites=[]), ValueError, "at least one site"),
         (lambda net: add_prompts(net, 2, blocks=(2, 1)), ValueError, "increasing order"),
@@ -645,7 +663,7 @@ def test_a_taken_place_refuses_the_whole_attachment() -> None:
     net = tiny()
     add_lora(net, 2, sites=["fc1"], blocks=[2])
     before = snapshot(net)
-    with pytest.raises(ValueError, match="block 2 already has 'lora_fc1'"):
+    with pytest.raises(ValueError, match=r"blocks\.2\.mlp\.fc1 already has 'lora' attached"):
         add_lora(net, 2)  # blocks 0 and 1 were free, but nothing is attached
     assert unchanged(net, before)
     add_prompts(net, 2)
@@ -753,7 +771,7 @@ def test_a_nan_in_a_factor_does_not_block_the_unmerge() -> None:
     net, before = merged_tiny()
     unmerge_lora(net)
     with torch.no_grad():
-        net.blocks[0].tuning.lora_qkv.B[0, 0] = float("nan")
+        net.blocks[0].attn.qkv.tuning.lora.B[0, 0] = float("nan")
     merge_lora(net)
     assert unmerge_lora(net) == 12
     assert torch.equal(net.blocks[0].attn.qkv.weight, before["blocks.0.attn.qkv.weight"])

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from backbone import VisionTransformer, check_backbone
+from backbone import VisionTransformer, call_inputs, check_backbone
 
 DIM, HEADS, DEPTH = 8, 2, 3
 
@@ -335,3 +335,56 @@ def mlp_branch(net: VisionTransformer, i: int, x: Tensor, after_attention: bool 
         x = x + a.transpose(1, 2).reshape(x.shape) @ blk.attn.proj.weight.T + blk.attn.proj.bias
     h = F.layer_norm(x, (DIM,), blk.norm2.weight, blk.norm2.bias, 1e-6)
     return F.gelu(h @ blk.mlp.fc1.weight.T + blk.mlp.fc1.bias) @ blk.mlp.fc2.weight.T + blk.mlp.fc2.bias
+
+
+# --- 9. the same inputs through hooks, for a ViT whose forward does not take them (timm's) -------------------------
+
+
+def call_cases() -> dict[str, dict[str, object]]:
+    return {
+        "prompts": {"prompts": {0: randn(3, 2, DIM, seed=20), 2: randn(2, DIM, seed=21)}},
+        "prompts added": {"prompts": {0: randn(3, 2, DIM, seed=20), 2: randn(2, DIM, seed=21)}, "prompt_mode": "add"},
+        "prompt function": {"prompts": {1: lambda tokens: tokens[:, -2:] * 0.5}},
+        "prefixes": {"prefixes": {0: randn(3, 2, 4, DIM, seed=22), 1: randn(2, 1, DIM, seed=23)}},
+        "values": {"values": {1: randn(3, DIM, seed=24)}},
+        "AB": {
+            "AB": {
+                0: {"qkv": {"A": randn(2, DIM, seed=25), "B": randn(3 * DIM, 2, seed=26)}},
+                2: {"fc2": randn(DIM, 4 * DIM, seed=27)},
+            }
+        },
+    }
+
+
+@pytest.mark.parametrize("case", list(call_cases()))
+def test_call_inputs_give_what_the_forward_arguments_give(case: str) -> None:
+    net, x = tiny(), images()
+    kwargs = call_cases()[case]
+    expected = net.forward_features(x, **kwargs)
+    plain = net.forward_features(x)
+    with call_inputs(net, **kwargs):
+        got = net.forward_features(x)
+    close(got, expected)  # type: ignore[arg-type]
+    # Nothing stays: the next call is the plain model's, and no attribute was left behind.
+    assert all("forward" not in vars(m) for m in net.modules())
+    close(net.forward_features(x), plain)  # type: ignore[arg-type]
+
+
+def test_call_inputs_are_removed_after_an_error_and_refuse_other_models() -> None:
+    net, x = tiny(), images()
+    plain = net.forward_features(x)
+    with (
+        pytest.raises(ValueError, match=r"prompts for block 0 must be \[3, L, 8\]"),
+        call_inputs(net, prompts=randn(3, 2, 5)),
+    ):
+        net(x)
+    with pytest.raises(RuntimeError, match="inside"), call_inputs(net, prefixes={0: randn(2, 1, DIM)}):
+        raise RuntimeError("inside")
+    close(net.forward_features(x), plain)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="needs a ViT with timm's block layout"), call_inputs(torch.nn.Linear(2, 2)):
+        pass
+    with (
+        pytest.raises(ValueError, match="AB\\[0\\] names layers out of"),
+        call_inputs(net, AB={0: {"attn": randn(2, 2)}}),
+    ):
+        pass

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any, NamedTuple, cast
 
 import torch
@@ -28,6 +27,7 @@ from .._checks import (
 )
 from ..base import BackboneOutput, MammothBackbone, ReturnType, check_returnt, feature_take_indices
 from ..registry import register_backbone
+from ..sites import call_deltas
 
 __all__ = [
     "VisionTransformer",
@@ -57,30 +57,6 @@ class PatchEmbed(nn.Module):
 _Delta = tuple[Tensor | None, Tensor]
 """A call-time ``AB`` delta for one layer, checked: ``(A or None, B)``."""
 
-_Hooks = nn.ModuleDict | Mapping[str, nn.Module]
-
-_NO_HOOKS: _Hooks = MappingProxyType({})
-
-
-def _project(layer: nn.Linear, x: Tensor, tuning: _Hooks, site: str, ab: _Delta | None) -> Tensor:
-    """``layer(x)``, plus what is attached at ``site``: a LoRA, a call-time ``AB`` delta, then SSF."""
-    out = cast(Tensor, layer(x))
-    lora = tuning[f"lora_{site}"] if f"lora_{site}" in tuning else None  # noqa: SIM401 (ModuleDict has no get)
-    if lora is not None and not lora.merged:
-        out = out + lora(x)
-    if ab is not None:
-        # Mammoth's semantics: the delta's leading dimensions broadcast
-        # against [batch, 1] and are summed after the product.
-        a, b = ab
-        h = x.transpose(1, 2).unsqueeze(1)  # [batch, 1, in, tokens]
-        h = b @ (h if a is None else a @ h)
-        out = out + h.sum(1).transpose(1, 2)
-    return _ssf(tuning, site, out)
-
-
-def _ssf(tuning: _Hooks, site: str, x: Tensor) -> Tensor:
-    return cast(Tensor, tuning[f"ssf_{site}"](x)) if f"ssf_{site}" in tuning else x
-
 
 class Attention(nn.Module):
     """Multi-head self-attention with one ``qkv`` projection."""
@@ -93,18 +69,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(
-        self,
-        x: Tensor,
-        tuning: _Hooks = _NO_HOOKS,
-        prefix: Tensor | None = None,
-        ab: dict[str, _Delta] | None = None,
-        value: Tensor | None = None,
-    ) -> Tensor:
-        ab = ab or {}
+    def forward(self, x: Tensor, prefix: Tensor | None = None, value: Tensor | None = None) -> Tensor:
         batch, tokens, dim = x.shape
         heads = self.num_heads
-        qkv = _project(self.qkv, x, tuning, "qkv", ab.get("qkv"))
+        qkv = self.qkv(x)
         q, k, v = qkv.reshape(batch, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
         if value is not None:
             # value: [batch, dim], added to every token's value vector (STAR-Prompt's second stage).
@@ -115,7 +83,7 @@ class Attention(nn.Module):
             pk, pv = prefix.reshape(batch, 2, -1, heads, dim // heads).permute(1, 0, 3, 2, 4)
             k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
         out = F.scaled_dot_product_attention(q, k, v)
-        return _project(self.proj, out.transpose(1, 2).reshape(batch, tokens, dim), tuning, "proj", ab.get("proj"))
+        return cast(Tensor, self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)))
 
 
 class Mlp(nn.Module):
@@ -125,17 +93,16 @@ class Mlp(nn.Module):
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor, tuning: _Hooks = _NO_HOOKS, ab: dict[str, _Delta] | None = None) -> Tensor:
-        ab = ab or {}
-        x = self.act(_project(self.fc1, x, tuning, "fc1", ab.get("fc1")))
-        return _project(self.fc2, x, tuning, "fc2", ab.get("fc2"))
+    def forward(self, x: Tensor) -> Tensor:
+        return cast(Tensor, self.fc2(self.act(self.fc1(x))))
 
 
 class Block(nn.Module):
     """A pre-norm transformer block: attention, then an MLP, each with a residual connection.
 
-    ``tuning`` holds the hooks attached to this block (see
-    :mod:`backbone.tuning`); it is empty, and holds no parameters, by default.
+    ``tuning`` holds the AdaptFormer adapter attached to this block (see
+    :func:`~backbone.add_adapters`); it is empty, and holds no parameters, by
+    default. LoRA and SSF hooks live on the layers they act on.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, norm_eps: float = 1e-6) -> None:
@@ -146,16 +113,10 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.tuning = nn.ModuleDict()
 
-    def forward(
-        self,
-        x: Tensor,
-        prefix: Tensor | None = None,
-        ab: dict[str, _Delta] | None = None,
-        value: Tensor | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, prefix: Tensor | None = None, value: Tensor | None = None) -> Tensor:
         tuning = self.tuning
-        x = x + self.attn(_ssf(tuning, "norm1", self.norm1(x)), tuning, prefix, ab, value)
-        out = self.mlp(_ssf(tuning, "norm2", self.norm2(x)), tuning, ab)
+        x = x + self.attn(self.norm1(x), prefix, value)
+        out = self.mlp(self.norm2(x))
         if "adapter" not in tuning:
             return x + out  # type: ignore[no-any-return]
         adapter = tuning["adapter"]
@@ -629,7 +590,7 @@ class VisionTransformer(MammothBackbone):
         final = cast(Tensor, self.norm(final))
         return [t for t, _ in taken] + [final] if return_all else final
 
-    def _run_blocks(
+    def _blocks(
         self, x: Tensor, inputs: _CallInputs, last: int, wanted: set[int]
     ) -> tuple[Tensor, list[tuple[Tensor, int]], int]:
         """Embed, then run blocks 0..``last``.
@@ -664,10 +625,24 @@ class VisionTransformer(MammothBackbone):
                 else:
                     x = torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
                     prompted += prompt.shape[1]
-            x = block(x, inputs.prefixes.get(i), inputs.ab.get(i), inputs.values.get(i))
+            x = block(x, inputs.prefixes.get(i), inputs.values.get(i))
             if i in wanted:
                 taken.append((x, prompted))
         return x, taken, prompted
+
+    def _run_blocks(
+        self, x: Tensor, inputs: _CallInputs, last: int, wanted: set[int]
+    ) -> tuple[Tensor, list[tuple[Tensor, int]], int]:
+        """Embed, then run blocks 0..``last``, with the call's ``AB`` deltas on their layers (see ``_blocks``)."""
+        layers: dict[nn.Module, _Delta] = {
+            self._site_layer(i, site): delta for i, deltas in inputs.ab.items() for site, delta in deltas.items()
+        }
+        with call_deltas(layers):
+            return self._blocks(x, inputs, last, wanted)
+
+    def _site_layer(self, index: int, site: str) -> nn.Linear:
+        block = cast(Block, self.blocks[index])
+        return cast(nn.Linear, getattr(block.attn if site in ("qkv", "proj") else block.mlp, site))
 
     def _call_inputs(
         self,

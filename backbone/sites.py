@@ -1,0 +1,175 @@
+"""Tuning hooks by site: small modules attached to named layers of any model, applied by one forward hook.
+
+A *site* is a submodule picked by name, as peft's ``target_modules`` picks
+them: a sequence of names (a module matches when its qualified name is one
+of them or ends with ``"." + name``) or one string, a regular expression that
+must match the whole qualified name. The hooks attached there (a LoRA, an
+SSF, an adapter) live in the site's own ``tuning`` container, so the host's
+``state_dict`` keys are unchanged and the hooks' keys contain ``.tuning.``.
+One forward hook per site applies, in this order: the LoRA's delta, the
+call's low-rank delta (Mammoth's ``AB``), the scale and shift, the adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from typing import Any, cast
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["low_rank_delta", "select_sites"]
+
+Targets = str | Sequence[str]
+
+#: The low-rank deltas of the call in progress, keyed by the layer they act on (empty between calls).
+_CALL_DELTAS: ContextVar[Mapping[nn.Module, tuple[Tensor | None, Tensor]] | None] = ContextVar(
+    "call_deltas", default=None
+)
+
+_HOOK_ID = "_tuning_hook_id"
+
+
+def select_sites(
+    model: nn.Module, targets: object, kinds: tuple[type[nn.Module], ...], what: str
+) -> list[tuple[str, nn.Module]]:
+    """The submodules of ``model`` that ``targets`` names, each of one of ``kinds``, in the model's order.
+
+    Raises:
+        TypeError: ``targets`` is neither a string nor a sequence of strings.
+        ValueError: no module matches, a matched module is of another
+            kind, or the pattern is not a valid regular expression.
+    """
+    if isinstance(targets, str):
+        try:
+            pattern = re.compile(targets)
+        except re.error as error:
+            raise ValueError(f"{what}: target_modules {targets!r} is not a valid regular expression: {error}") from None
+
+        def matches(name: str) -> bool:
+            return pattern.fullmatch(name) is not None
+
+    elif isinstance(targets, Sequence) and targets and all(isinstance(t, str) and t for t in targets):
+        names = tuple(cast(Sequence[str], targets))
+
+        def matches(name: str) -> bool:
+            return any(name == t or name.endswith("." + t) for t in names)
+
+    else:
+        raise TypeError(
+            f"{what}: target_modules must be a regular expression (str) or a non-empty sequence of module names, "
+            f"got {targets!r}"
+        )
+    found = [(name, m) for name, m in model.named_modules() if name and matches(name) and ".tuning." not in f".{name}."]
+    wrong = [f"{name} ({type(m).__name__})" for name, m in found if not isinstance(m, kinds)]
+    kind_names = " or ".join(k.__name__ for k in kinds)
+    if wrong:
+        raise ValueError(f"{what}: target_modules must pick {kind_names} modules, but it picks {', '.join(wrong[:5])}")
+    if not found:
+        known = [name for name, m in model.named_modules() if name and isinstance(m, kinds)]
+        shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+        raise ValueError(f"{what}: target_modules {targets!r} matches no module; the {kind_names} modules are {shown}")
+    return found
+
+
+def low_rank_delta(x: Tensor, a: Tensor | None, b: Tensor) -> Tensor:
+    """What the weight delta ``b @ a`` (or ``b`` alone, when ``a`` is None) adds to a linear layer's output on ``x``.
+
+    ``x`` is ``[batch, tokens, in]`` (or ``[batch, in]``). Leading dimensions
+    of ``a`` and ``b`` broadcast against ``[batch, 1]`` and are summed after
+    the product, as Mammoth's ``AB`` deltas are; 2-D factors are one delta
+    for every sample. Both an attached LoRA and a call's ``AB`` go through
+    here.
+
+    Example:
+        >>> import torch
+        >>> from backbone.sites import low_rank_delta
+        >>> x, a, b = torch.randn(2, 5, 4), torch.randn(3, 4), torch.randn(6, 3)
+        >>> torch.allclose(low_rank_delta(x, a, b), x @ (b @ a).T, atol=1e-5)
+        True
+    """
+    if b.dim() == 2 and (a is None or a.dim() == 2):
+        return F.linear(x if a is None else F.linear(x, a), b)
+    squeeze = x.dim() == 2
+    h = (x[:, None, :] if squeeze else x).transpose(-2, -1).unsqueeze(1)  # [batch, 1, in, tokens]
+    h = b @ (h if a is None else a @ h)
+    out = h.sum(1).transpose(-2, -1)
+    return out[:, 0] if squeeze else out
+
+
+def _site_hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+    """The forward hook of every site: the attached hooks and the call's delta, applied to the site's output."""
+    tuning = cast("nn.ModuleDict | None", module._modules.get("tuning"))
+    deltas = _CALL_DELTAS.get()
+    delta = deltas.get(module) if deltas else None
+    if not tuning and delta is None:
+        return output
+    x, out = args[0], output
+    hooks: dict[str, nn.Module] = dict(tuning.items()) if tuning is not None else {}
+    lora = hooks.get("lora")
+    if lora is not None and not cast(Any, lora).merged:
+        out = out + lora(x)
+    if delta is not None:
+        out = out + low_rank_delta(x, *delta)
+    if "ssf" in hooks:
+        out = hooks["ssf"](out)
+    adapter = hooks.get("adapter")
+    if adapter is not None:
+        out = out + adapter(x if cast(Any, adapter).mode == "parallel" else out)
+    return out
+
+
+def attach(layer: nn.Module, key: str, hook: nn.Module) -> None:
+    """Put ``hook`` in ``layer.tuning[key]``, registering the site's forward hook on first use."""
+    if "tuning" not in layer._modules:
+        layer.tuning = nn.ModuleDict()
+        layer.__dict__[_HOOK_ID] = layer.register_forward_hook(_site_hook).id
+    cast(nn.ModuleDict, layer.tuning)[key] = hook.train(layer.training)
+
+
+def attached(layer: nn.Module, key: str) -> nn.Module | None:
+    tuning = layer._modules.get("tuning")
+    if not isinstance(tuning, nn.ModuleDict) or _HOOK_ID not in layer.__dict__:
+        return None
+    return tuning[key] if key in tuning else None  # noqa: SIM401 (ModuleDict has no get)
+
+
+def sites_with(model: nn.Module, key: str) -> list[tuple[str, nn.Module, nn.Module]]:
+    """Every ``(name, layer, hook)`` with a hook under ``key``, in the model's order."""
+    found = []
+    for name, layer in model.named_modules():
+        hook = attached(layer, key)
+        if hook is not None:
+            found.append((name, layer, hook))
+    return found
+
+
+def detach_all(model: nn.Module) -> None:
+    """Remove every site's hooks and its forward hook; the model is then as it was before any attach."""
+    for layer in list(model.modules()):
+        hook_id = layer.__dict__.pop(_HOOK_ID, None)
+        if hook_id is not None:
+            layer._forward_hooks.pop(hook_id, None)
+            del layer.tuning
+
+
+@contextlib.contextmanager
+def call_deltas(deltas: Mapping[nn.Module, tuple[Tensor | None, Tensor]]) -> Iterator[None]:
+    """Apply ``deltas`` (a layer's low-rank delta for this call) to the layers' outputs while the block runs.
+
+    A layer without a site hook gets one for the call only.
+    """
+    if not deltas:
+        yield
+        return
+    temporary = [layer.register_forward_hook(_site_hook) for layer in deltas if _HOOK_ID not in layer.__dict__]
+    token = _CALL_DELTAS.set(deltas)
+    try:
+        yield
+    finally:
+        _CALL_DELTAS.reset(token)
+        for handle in temporary:
+            handle.remove()

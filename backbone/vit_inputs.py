@@ -1,0 +1,244 @@
+"""Prompts, prefixes, value offsets and ``AB`` deltas given at the call to a timm ViT.
+
+The package's :class:`~backbone.VisionTransformer` takes these as keyword
+arguments of its forward. A timm ``VisionTransformer`` (DeiT, the original
+ViT and others with timm's block layout) has no such arguments:
+:func:`call_inputs` gives it the same ones for the calls made inside a
+``with`` block, through hooks that are removed when the block ends, and
+:class:`~backbone.TimmBackbone` (:func:`~backbone.from_timm`) takes them in
+its forward as the package's ViT does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, cast
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from ._checks import check_module
+from .sites import call_deltas
+
+__all__ = ["call_inputs"]
+
+_SITES = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+_MODES = ("replace", "add")
+
+
+def _blocks(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
+    """The timm ViT inside ``model`` (itself, or a :class:`~backbone.TimmBackbone`'s) and its blocks."""
+    for vit in (model, getattr(model, "model", None)):
+        blocks = getattr(vit, "blocks", None)
+        if isinstance(vit, nn.Module) and isinstance(blocks, nn.Sequential | nn.ModuleList) and len(blocks):
+            layout = all(
+                isinstance(getattr(getattr(b, "attn", None), "qkv", None), nn.Linear)
+                and isinstance(getattr(getattr(b, "attn", None), "proj", None), nn.Linear)
+                and isinstance(getattr(getattr(b, "mlp", None), "fc1", None), nn.Linear)
+                and isinstance(getattr(getattr(b, "mlp", None), "fc2", None), nn.Linear)
+                for b in blocks
+            )
+            if layout:
+                return vit, list(blocks)
+    raise TypeError(
+        f"call_inputs needs a ViT with timm's block layout (blocks[i].attn.qkv/proj, blocks[i].mlp.fc1/fc2), got "
+        f"{type(model).__name__}; the package's VisionTransformer takes these inputs as forward's keyword arguments"
+    )
+
+
+def _per_block(value: object, depth: int, name: str, *, tensor_means_block_0: bool = False) -> dict[int, Any]:
+    if value is None:
+        return {}
+    if tensor_means_block_0 and (isinstance(value, Tensor) or callable(value)):
+        return {0: value}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a mapping {{block index: ...}}, got {type(value).__name__}")
+    out = {}
+    for index, item in value.items():
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"{name} must be keyed by block index (int), got {index!r}")
+        if not 0 <= index < depth:
+            raise ValueError(f"{name}: block index {index} is out of range for a model of {depth} blocks")
+        if item is not None:
+            out[index] = item
+    return out
+
+
+def _tensor(t: object, what: str, ref: Tensor) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{what} must be floating point, got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{what} must be on the model's device {ref.device}, got {t.device}")
+    return t
+
+
+def _batched(t: Tensor, batch: int, tail: tuple[int | None, ...], what: str) -> Tensor:
+    """``t`` as ``[batch, *tail]`` from ``[batch, *tail]``, ``[1, *tail]`` or ``tail`` (None: any size)."""
+    shape = (1, *t.shape) if t.dim() == len(tail) else tuple(t.shape)
+    fits = len(shape) == len(tail) + 1 and shape[0] in (1, batch)
+    fits = fits and all(want is None or s == want for s, want in zip(shape[1:], tail, strict=False))
+    if not fits:
+        dims = ", ".join("L" if want is None else str(want) for want in tail)
+        raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}], got shape {tuple(t.shape)}")
+    return t.reshape(shape).expand(batch, *shape[1:])
+
+
+@contextlib.contextmanager
+def call_inputs(
+    model: nn.Module,
+    *,
+    prompts: Tensor | Callable[[Tensor], Tensor] | Mapping[int, Any] | None = None,
+    prompt_mode: str = "replace",
+    prefixes: Mapping[int, Tensor] | None = None,
+    values: Mapping[int, Tensor] | None = None,
+    AB: Mapping[int, Mapping[str, Any]] | None = None,
+) -> Iterator[None]:
+    """Give a timm ViT prompts, prefixes, value offsets or ``AB`` deltas for the calls made in the block.
+
+    The arguments mean what they mean for the package's
+    :meth:`VisionTransformer.forward <backbone.VisionTransformer.forward>`:
+    prompts go after the prefix tokens (class and register tokens) before
+    the given blocks (``prompt_mode`` ``'replace'`` or ``'add'``, tensors
+    ``[B, L, D]`` / ``[L, D]`` or functions of the block's input tokens);
+    ``prefixes`` ``{block: [B, 2, L, D]}`` are keys and values put before
+    that block's own; ``values`` ``{block: [B, D]}`` are added to every
+    token's value; ``AB`` ``{block: {layer: delta}}`` adds low-rank deltas
+    to ``qkv``, ``proj``, ``fc1``, ``fc2``. The model's own pooling and
+    final norm apply to whatever tokens there are (a ``global_pool='avg'``
+    model averages the prompts too). Everything is removed when the block
+    ends, also on an error.
+
+    Args:
+        model: a timm ``VisionTransformer`` (or a model with its block
+            layout), or a :class:`~backbone.TimmBackbone` around one.
+        prompts: tokens (or functions making them) by block; a lone one is
+            block 0's.
+        prompt_mode: ``'replace'`` or ``'add'``.
+        prefixes: key and value tokens by block.
+        values: value offsets by block.
+        AB: Mammoth's low-rank deltas by block and layer.
+
+    Returns:
+        A context manager (``with`` gives nothing to bind).
+
+    Raises:
+        TypeError: the model has no ViT blocks in timm's layout, or an
+            argument is of the wrong type; a shape that does not fit the
+            batch is a :class:`ValueError` when the model runs.
+        ValueError: a bad block index, layer name or mode.
+
+    Example:
+        >>> import torch
+        >>> from backbone import call_inputs, vit_tiny_patch4_32
+        >>> net = vit_tiny_patch4_32(10).eval()     # any ViT with timm's blocks; a timm model the same way
+        >>> x = torch.randn(2, 3, 32, 32)
+        >>> with call_inputs(net, prefixes={0: torch.zeros(2, 3, 192)}):
+        ...     out = net(x)
+        >>> out.shape
+        torch.Size([2, 10])
+    """
+    module = check_module(model, " as call_inputs's model")
+    vit, blocks = _blocks(module)
+    if prompt_mode not in _MODES:
+        raise ValueError(f"prompt_mode must be one of {', '.join(map(repr, _MODES))}, got {prompt_mode!r}")
+    depth = len(blocks)
+    ref = cast(nn.Linear, cast(Any, blocks[0]).attn.qkv).weight
+    dim = ref.shape[1]
+    given_prompts = _per_block(prompts, depth, "prompts", tensor_means_block_0=True)
+    for i, p in given_prompts.items():
+        if not callable(p) or isinstance(p, Tensor):
+            _tensor(p, f"prompts for block {i}", ref)
+    given_prefixes = {
+        i: _tensor(t, f"prefixes for block {i}", ref) for i, t in _per_block(prefixes, depth, "prefixes").items()
+    }
+    given_values = {i: _tensor(t, f"values for block {i}", ref) for i, t in _per_block(values, depth, "values").items()}
+    deltas: dict[nn.Module, tuple[Tensor | None, Tensor]] = {}
+    for i, layers in _per_block(AB, depth, "AB").items():
+        if not isinstance(layers, Mapping):
+            raise TypeError(f"AB[{i}] must map layer names to deltas, got {type(layers).__name__}")
+        for site, delta in layers.items():
+            if site not in _SITES:
+                raise ValueError(f"AB[{i}] names layers out of {tuple(_SITES)}, got {site!r}")
+            if delta is None:
+                continue
+            a, b = (delta.get("A"), delta["B"]) if isinstance(delta, Mapping) else (None, delta)
+            layer = blocks[i].get_submodule(_SITES[site])
+            deltas[layer] = (
+                None if a is None else _tensor(a, f"AB[{i}][{site!r}]'s A", ref),
+                _tensor(b, f"AB[{i}][{site!r}]'s B", ref),
+            )
+    prefix_tokens = int(getattr(vit, "num_prefix_tokens", 1))
+    state = {"prompted": 0}
+    handles = []
+
+    def put_prompts(index: int) -> Callable[[nn.Module, tuple[Any, ...]], tuple[Any, ...]]:
+        def hook(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            x = cast(Tensor, args[0])
+            if index == min(given_prompts):
+                state["prompted"] = 0
+            source = given_prompts[index]
+            made = source if isinstance(source, Tensor) else source(x)
+            prompt = _batched(
+                _tensor(made, f"prompts for block {index}", ref), x.shape[0], (None, dim), f"prompts for block {index}"
+            )
+            present = state["prompted"]
+            keep = x[:, prefix_tokens + present :] if prompt_mode == "replace" else x[:, prefix_tokens:]
+            x = torch.cat([x[:, :prefix_tokens], prompt.to(x.dtype), keep], dim=1)
+            state["prompted"] = prompt.shape[1] + (0 if prompt_mode == "replace" else present)
+            return (x, *args[1:])
+
+        return hook
+
+    saved_forwards: list[nn.Module] = []
+    try:
+        for i in given_prompts:
+            handles.append(blocks[i].register_forward_pre_hook(put_prompts(i)))
+        for i in sorted(set(given_prefixes) | set(given_values)):
+            attn = cast(nn.Module, cast(Any, blocks[i]).attn)
+            attn.forward = _attention_with(attn, given_prefixes.get(i), given_values.get(i), dim)
+            saved_forwards.append(attn)
+        with call_deltas(deltas):
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+        for attn in saved_forwards:
+            del attn.forward
+
+
+def _attention_with(attn: nn.Module, prefix: Tensor | None, value: Tensor | None, dim: int) -> Callable[..., Tensor]:
+    """timm's attention forward, with prefix keys and values and a value offset (DualPrompt, STAR-Prompt)."""
+    heads = int(cast(Any, attn).num_heads)
+
+    def forward(x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        if attn_mask is not None or is_causal:
+            raise ValueError("prefixes and values are not supported together with an attention mask")
+        a = cast(Any, attn)
+        batch, tokens, _ = x.shape
+        head_dim = int(getattr(a, "head_dim", dim // heads))
+        gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
+        q, k, v = a.qkv(x).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        q, k = getattr(a, "q_norm", nn.Identity())(q), getattr(a, "k_norm", nn.Identity())(k)
+        if value is not None:
+            v = v + _batched(value, batch, (heads * head_dim,), "values").reshape(batch, heads, 1, head_dim)
+        if prefix is not None:
+            pk, pv = (
+                _batched(prefix, batch, (2, None, heads * head_dim), "prefixes")
+                .reshape(batch, 2, -1, heads, head_dim)
+                .permute(1, 0, 3, 2, 4)
+            )
+            k, v = torch.cat([pk, k], dim=2), torch.cat([pv, v], dim=2)
+        drop = float(a.attn_drop.p) if a.training and hasattr(a, "attn_drop") else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=getattr(a, "scale", None))
+        out = out.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+        out = getattr(a, "norm", nn.Identity())(out)
+        if gate is not None:
+            out = out * gate
+        out = a.proj(out)
+        return cast(Tensor, getattr(a, "proj_drop", nn.Identity())(out))
+
+    return forward
