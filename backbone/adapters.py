@@ -191,6 +191,8 @@ class TimmBackbone(_Wrapper):
                 raise TypeError(f"returnt given twice: {AB!r} as the second argument and {returnt!r} by name")
             AB, returnt = None, cast(ReturnType, AB)
         given = {"prompts": prompts, "prefixes": prefixes, "values": values, "AB": AB}
+        if prompt_mode not in ("replace", "add"):
+            raise ValueError(f"prompt_mode must be one of 'replace', 'add', got {prompt_mode!r}")
         if all(v is None for v in given.values()):
             return self._forward_returnt(x, returnt)
         returnt = check_returnt(returnt)

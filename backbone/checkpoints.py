@@ -552,17 +552,20 @@ def _resample(
 def _without_prompt_rows(pos: Tensor, patches: int) -> Tensor:
     """L2P's ``pos_embed`` ``[1, 1 + P + N, D]`` (rows for its P prompts after the class row) as ``[1, 1 + N, D]``.
 
-    Recognised when the rows after the class row are not a square grid but
-    the last ``N`` (the model's patches) are; L2P fills the prompt rows with
-    the class row and keeps them frozen, so they must equal it: anything
-    else would be lost, and is refused.
+    Recognised when the ``P`` rows after the class row are copies of it (L2P
+    fills its prompt rows with the class row and keeps them frozen), whatever
+    ``P + N`` is. Other rows that do not make a square grid would be lost,
+    and are refused; a square grid of another size is resampled.
     """
     rows = pos.shape[1] - 1
     extra = rows - patches
-    if math.isqrt(rows) ** 2 == rows or extra <= 0:
+    if extra <= 0:
         return pos
     prompt_rows = pos[:, 1 : 1 + extra]
-    if not torch.equal(prompt_rows, pos[:, :1].expand_as(prompt_rows)):
+    copies = torch.equal(prompt_rows, pos[:, :1].expand_as(prompt_rows))
+    if not copies and math.isqrt(rows) ** 2 == rows:
+        return pos  # a square grid of another size: resampled as timm does
+    if not copies:
         raise ValueError(
             f"the checkpoint's pos_embed has {extra} prompt rows after the class row (L2P's layout) that differ from "
             "the class row; load it without them (pos_embed[:, :1] and pos_embed[:, 1 + P:]) and pass them at the "

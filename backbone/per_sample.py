@@ -1,49 +1,15 @@
 """Per-example gradients as rows of flat vectors, and the diagonal Fisher built from them.
 
-:func:`~backbone.per_sample_grads` gives, for a batch, the matrix whose row ``i`` is
-what :func:`~backbone.get_grads` would read after a backward of example
-``i``'s loss alone (over the selected parameters; zeros for those that do not
-require a gradient). The module runs with the parameters given as arguments
-(:func:`torch.func.functional_call`): vectorised over the batch with
-``vmap`` of ``torch.func.grad`` when every layer with parameters is linear
-and ``torch.func`` can run the model (it cannot run modules' backward hooks
-or a buffer updated in place: such a model, after a failed attempt that
-is undone, is taken the other way), and otherwise one example
-at a time with plain autograd (``vmap``'s batched
-backward through convolutions and attention, and ``torch.func.grad``'s
-per-call cost, make the other ways slower on a CPU). Either way the rows are
-the same, and nothing of the module changes.
-
-:func:`~backbone.fisher_diagonal` sums squared per-example gradients of
-``log p(y | x)`` over a data loader: the empirical Fisher, or, weighted by
-the predicted probability of the true label, the quantity Mammoth's
-``ewc_on`` accumulates example by example.
-
-How the module is evaluated: in the mode it is in, with its buffers as they
-are, and nothing is written to it: parameters (the objects and their
-values), gradients, modes, buffers (the objects and their values) and
-whatever a forward sets as an attribute of the module or a submodule (a
-ResNet's pre-activation taps, a counter) are as they were after the call;
-lists, dicts and sets held as attributes get their old items back (a
-forward that appends features to a list leaves it as it was). Objects
-nested deeper, and tensors other than buffers changed in place, are not
-restored. Inside
-``torch.nn.utils.parametrize.cached()``, parametrized weights are computed
-afresh for each example, not taken from the cache.
-Batch normalisation in training mode is refused, naming the layer: its output
-for one example would depend on the others in the batch (and on a batch of
-one, it is undefined). Call ``module.eval()`` first. Dropout in training mode
-draws a different mask for each example, as a loop over examples would (but
-not the same masks as such a loop); a module that updates its buffers in
-training mode (spectral norm's power iteration) computes from them as they
-were, and they are put back.
-
-The gradient is the loss's with respect to the parameters *as the forward
-uses them*: a ``loss_fn`` that reads the module's parameters itself (an L2
-pull towards an anchor) sees them as constants, and hooks registered on the
-parameter tensors do not run (hooks on modules do, and see each ``.grad`` as
-it was before the call). A model or loss that fails on one example is a
-:class:`ValueError` naming the exception it raised.
+:func:`~backbone.per_sample_grads` gives, for a batch, the matrix whose row
+``i`` is what :func:`~backbone.get_grads` would read after a backward of
+example ``i``'s loss alone; :func:`~backbone.fisher_diagonal` sums squared
+per-example gradients of ``log p(y | x)`` (four Fishers, see
+:data:`~backbone.FISHER_KINDS`). The module runs with the parameters given
+as arguments (:func:`torch.func.functional_call`), in one batched pass where
+the model allows it (:mod:`backbone.batched_grads`), else vectorised with
+``vmap``, else one example at a time; every way gives the loop's rows, and
+nothing of the module changes. The Flat vectors page says what is put back
+and where each way applies.
 """
 
 from __future__ import annotations
@@ -64,6 +30,8 @@ from . import batched_grads
 from ._checks import check_module, check_real
 from .layout import Selection, walk
 from .models.mlp import MNISTMLP
+from .models.vit import Attention, Block, Mlp, PatchEmbed, VisionTransformer
+from .tuning import SSF, Adapter, LoRA, PromptTokens
 
 __all__ = ["FISHER_KINDS", "fisher_diagonal", "per_sample_grads"]
 
@@ -389,7 +357,13 @@ def _probabilities(
     """``softmax(module(inputs))`` for the batch, the module left as it was (for the true and sampled Fishers)."""
     every_names, every_params = walk(module)
     values = dict(zip(every_names, (_normal(p) for p in every_params), strict=True))
-    with _left_as_it_was(module), torch.inference_mode(False), torch.no_grad():
+    devices = _cuda(dict(zip(every_names, every_params, strict=True)))
+    with (
+        _left_as_it_was(module),
+        torch.random.fork_rng(devices=devices, device_type="cuda"),
+        torch.inference_mode(False),
+        torch.no_grad(),
+    ):
         x = inputs.clone() if inputs.is_inference() else inputs
         mapping = {slot: values[name] for slot, name in slots} | buffers
         try:
@@ -397,6 +371,11 @@ def _probabilities(
         except Exception as error:
             raise ValueError(f"the model failed on the batch: {type(error).__name__}: {error}") from error
         _check_logits(logits, inputs.shape[0])
+        if logits.shape[1] == 0 or not bool(torch.isfinite(logits).all()):
+            raise ValueError(
+                "fisher_diagonal needs finite logits over at least one class to weigh or draw classes by, got "
+                f"shape {tuple(logits.shape)} with {int((~torch.isfinite(logits)).sum())} values not finite"
+            )
         return F.softmax(logits.float(), dim=1)
 
 
@@ -479,7 +458,8 @@ def _rows(
         if targets.is_inference():
             targets = targets.clone()
     batched = None
-    if batch is not None and differentiated and batched_grads.applies(module, _PER_EXAMPLE_MODELS):
+    trained = _trained_ids(module, differentiated)
+    if batch is not None and differentiated and batched_grads.applies(module, _PER_EXAMPLE_MODELS, trained, (LoRA,)):
         batched = _batched_chunks(module, differentiated, fixed, batch)
     one_by_one = functools.partial(_one_by_one, example_fn, with_aux)
     vectorised = None
@@ -545,7 +525,24 @@ BatchLosses = Callable[[Any, Tensor], tuple[Tensor, "Tensor | None"]]
 """``(batch output, targets) -> (per-example losses [B], aux [B] or None)``."""
 
 #: The package's models whose forward keeps the examples of a batch apart (checked for the batched way).
-_PER_EXAMPLE_MODELS: tuple[type[nn.Module], ...] = (MNISTMLP,)
+_PER_EXAMPLE_MODELS: tuple[type[nn.Module], ...] = (
+    MNISTMLP,
+    VisionTransformer,
+    Block,
+    Attention,
+    Mlp,
+    PatchEmbed,
+    nn.Conv2d,
+    Adapter,
+    SSF,
+    PromptTokens,
+)
+
+
+def _trained_ids(module: nn.Module, differentiated: dict[str, Tensor]) -> set[int]:
+    """The ids of the module's own parameter objects whose gradients are wanted."""
+    every_names, every_params = walk(module)
+    return {id(p) for name, p in zip(every_names, every_params, strict=True) if name in differentiated}
 
 
 def _batched_chunks(
@@ -562,12 +559,11 @@ def _batched_chunks(
         leaves = {name: t.detach().requires_grad_() for name, t in differentiated.items()}
     values = {slot: {**fixed, **leaves}[name] for slot, name in slots} | buffers
     names = {id(t): name for name, t in leaves.items()}
-    every_names, every_params = walk(module)
-    owned = {id(p) for name, p in zip(every_names, every_params, strict=True) if name in leaves}
+    owned = _trained_ids(module, leaves)
     wanted: set[nn.Module] = {
         m
         for m in module.modules()
-        if isinstance(m, nn.Linear | nn.LayerNorm) and any(id(p) in owned for p in m.parameters(recurse=False))
+        if isinstance(m, nn.Linear | nn.LayerNorm | LoRA) and any(id(p) in owned for p in m.parameters(recurse=False))
     }
 
     def chunk(

@@ -21,16 +21,19 @@ from typing import Any, cast
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["low_rank_delta", "select_sites"]
+__all__ = ["is_site_hook", "low_rank_delta", "select_sites"]
 
 Targets = str | Sequence[str]
 
-#: The low-rank deltas of the call in progress, keyed by the layer they act on (empty between calls).
-_CALL_DELTAS: ContextVar[Mapping[nn.Module, tuple[Tensor | None, Tensor]] | None] = ContextVar(
-    "call_deltas", default=None
-)
+Delta = tuple["Tensor | None", Tensor]
 
-_HOOK_ID = "_tuning_hook_id"
+#: The low-rank deltas of the calls in progress (nested ones add theirs), keyed by the layer they act on.
+_CALL_DELTAS: ContextVar[Mapping[nn.Module, tuple[Delta, ...]] | None] = ContextVar("call_deltas", default=None)
+#: The layers that carry a hook for the calls in progress only.
+_CALL_HOOKED: ContextVar[frozenset[nn.Module]] = ContextVar("call_hooked", default=frozenset())
+
+#: Set on a layer whose ``tuning`` container is a site's (made by ``attach``); absent on one of its own.
+_MARK = "_tuning_site"
 
 
 def select_sites(
@@ -100,19 +103,26 @@ def low_rank_delta(x: Tensor, a: Tensor | None, b: Tensor) -> Tensor:
     return out[:, 0] if squeeze else out
 
 
-def _site_hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-    """The forward hook of every site: the attached hooks and the call's delta, applied to the site's output."""
-    tuning = cast("nn.ModuleDict | None", module._modules.get("tuning"))
+def _site_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+    """The forward hook of every site: the attached hooks and the call's deltas, applied to the site's output."""
+    tuning = cast("nn.ModuleDict | None", module._modules.get("tuning")) if _MARK in module.__dict__ else None
     deltas = _CALL_DELTAS.get()
-    delta = deltas.get(module) if deltas else None
-    if not tuning and delta is None:
+    mine = deltas.get(module, ()) if deltas else ()
+    if not tuning and not mine:
         return output
-    x, out = args[0], output
+    if not isinstance(output, Tensor):
+        raise TypeError(
+            f"a tuning hook needs its layer ({type(module).__name__}) to return a tensor, got {type(output).__name__}"
+        )
+    x = args[0] if args else next(iter(kwargs.values()), None)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"a tuning hook needs its layer's input to be a tensor, got {type(x).__name__}")
+    out = output
     hooks: dict[str, nn.Module] = dict(tuning.items()) if tuning is not None else {}
     lora = hooks.get("lora")
     if lora is not None and not cast(Any, lora).merged:
         out = out + lora(x)
-    if delta is not None:
+    for delta in mine:
         out = out + low_rank_delta(x, *delta)
     if "ssf" in hooks:
         out = hooks["ssf"](out)
@@ -122,17 +132,32 @@ def _site_hook(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tens
     return out
 
 
+def is_site_hook(hook: object) -> bool:
+    """Whether a forward hook is a tuning site's (which keeps the examples of a batch apart)."""
+    return hook is _site_hook
+
+
+def check_attachable(name: str, layer: nn.Module, what: str) -> None:
+    """Refuse a layer that has a ``tuning`` attribute of its own (the package ViT's blocks, a user's module)."""
+    if _MARK not in layer.__dict__ and hasattr(layer, "tuning"):
+        raise ValueError(
+            f"{what}: {name} has a 'tuning' attribute of its own, where a site keeps its hooks; pick a layer inside "
+            "it (for the package's ViT blocks, blocks= attaches the AdaptFormer adapter)"
+        )
+
+
 def attach(layer: nn.Module, key: str, hook: nn.Module) -> None:
     """Put ``hook`` in ``layer.tuning[key]``, registering the site's forward hook on first use."""
-    if "tuning" not in layer._modules:
+    if _MARK not in layer.__dict__:
         layer.tuning = nn.ModuleDict()
-        layer.__dict__[_HOOK_ID] = layer.register_forward_hook(_site_hook).id
+        layer.register_forward_hook(_site_hook, with_kwargs=True)
+        layer.__dict__[_MARK] = True
     cast(nn.ModuleDict, layer.tuning)[key] = hook.train(layer.training)
 
 
 def attached(layer: nn.Module, key: str) -> nn.Module | None:
     tuning = layer._modules.get("tuning")
-    if not isinstance(tuning, nn.ModuleDict) or _HOOK_ID not in layer.__dict__:
+    if not isinstance(tuning, nn.ModuleDict) or _MARK not in layer.__dict__:
         return None
     return tuning[key] if key in tuning else None  # noqa: SIM401 (ModuleDict has no get)
 
@@ -150,26 +175,37 @@ def sites_with(model: nn.Module, key: str) -> list[tuple[str, nn.Module, nn.Modu
 def detach_all(model: nn.Module) -> None:
     """Remove every site's hooks and its forward hook; the model is then as it was before any attach."""
     for layer in list(model.modules()):
-        hook_id = layer.__dict__.pop(_HOOK_ID, None)
-        if hook_id is not None:
-            layer._forward_hooks.pop(hook_id, None)
+        if layer.__dict__.pop(_MARK, None) is not None:
+            # Found by the function, not by an id kept at registration: ids restart in a process that loads a
+            # saved model, while the function is the same object everywhere.
+            for key in [k for k, hook in layer._forward_hooks.items() if hook is _site_hook]:
+                del layer._forward_hooks[key]
+                layer._forward_hooks_with_kwargs.pop(key, None)
             del layer.tuning
 
 
 @contextlib.contextmanager
-def call_deltas(deltas: Mapping[nn.Module, tuple[Tensor | None, Tensor]]) -> Iterator[None]:
+def call_deltas(deltas: Mapping[nn.Module, Delta]) -> Iterator[None]:
     """Apply ``deltas`` (a layer's low-rank delta for this call) to the layers' outputs while the block runs.
 
-    A layer without a site hook gets one for the call only.
+    A layer without a site hook gets one for the call only. Nested calls add
+    their deltas to the outer ones'; each is applied once.
     """
     if not deltas:
         yield
         return
-    temporary = [layer.register_forward_hook(_site_hook) for layer in deltas if _HOOK_ID not in layer.__dict__]
-    token = _CALL_DELTAS.set(deltas)
+    outer = _CALL_DELTAS.get() or {}
+    hooked = _CALL_HOOKED.get()
+    fresh = [layer for layer in deltas if _MARK not in layer.__dict__ and layer not in hooked]
+    temporary = [layer.register_forward_hook(_site_hook, with_kwargs=True) for layer in fresh]
+    combined = dict(outer)
+    for layer, delta in deltas.items():
+        combined[layer] = (*combined.get(layer, ()), delta)
+    token, token_hooked = _CALL_DELTAS.set(combined), _CALL_HOOKED.set(hooked | frozenset(fresh))
     try:
         yield
     finally:
+        _CALL_HOOKED.reset(token_hooked)
         _CALL_DELTAS.reset(token)
         for handle in temporary:
             handle.remove()

@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 from . import sites as _sites
 from ._checks import check_bool, check_int, check_module
+from .models.vit import VisionTransformer
 from .sites import low_rank_delta, select_sites
 
 __all__ = [
@@ -433,6 +434,7 @@ def _layers(
 def _check_free(layers: list[tuple[str, nn.Module]], key: str, what: str) -> None:
     """Refuse before anything is built (building draws random numbers) if any place is taken."""
     for name, layer in layers:
+        _sites.check_attachable(name, layer, what)
         if _sites.attached(layer, key) is not None:
             raise ValueError(f"{what}: {name} already has {key!r} attached; remove_tuning first")
 
@@ -516,11 +518,16 @@ def add_lora(
     layers = _layers(model, target_modules, sites, LINEAR_SITES, blocks, (nn.Linear,), "add_lora")
     if check_int(rank, "rank") < 1:
         raise ValueError(f"rank must be a positive int, got {rank}")
+    for name, layer in layers:
+        if type(layer) is not nn.Linear:
+            # A subclass may not compute its output from its forward (MultiheadAttention reads out_proj.weight).
+            raise ValueError(f"add_lora: {name} is a {type(layer).__name__}, not an nn.Linear; pick nn.Linear layers")
     _check_free(layers, "lora", "add_lora")
     made = []
     for _, layer in layers:
         linear = cast(nn.Linear, layer)
-        made.append((layer, _like(LoRA(linear.in_features, linear.out_features, rank, alpha), linear.weight)))
+        with torch.inference_mode(False):  # trainable factors, even when attached inside inference mode
+            made.append((layer, _like(LoRA(linear.in_features, linear.out_features, rank, alpha), linear.weight)))
     for layer, lora in made:
         _sites.attach(layer, "lora", lora)
     return [cast(LoRA, lora) for _, lora in made]
@@ -588,18 +595,29 @@ def add_adapters(
             if mode == "parallel" and _width(layer, "add_adapters", name, "in") != width:
                 raise ValueError(f"add_adapters: a parallel adapter needs {name}'s input and output widths equal")
             made.append((layer, Adapter(width, bottleneck, mode, scale, dropout=dropout, norm=norm)))
+        with torch.inference_mode(False):
+            for layer, hook in made:
+                _like(hook, _reference(layer, model))
         for layer, hook in made:
-            _sites.attach(layer, "adapter", _like(hook, _reference(layer, model)))
+            _sites.attach(layer, "adapter", hook)
         return [hook for _, hook in made]
+    if blocks is not None and not isinstance(getattr(model, "tuning", None), nn.ModuleDict):
+        raise TypeError(
+            f"add_adapters: blocks= places AdaptFormer adapters in the package's VisionTransformer, got "
+            f"{type(model).__name__}; on any model, pass target_modules (for a timm ViT, ['mlp'] puts one beside "
+            "each block's MLP, fed the tokens the MLP sees)"
+        )
     all_blocks = _vit_blocks(model, "add_adapters")
     dim = cast(nn.LayerNorm, all_blocks[0].norm1).normalized_shape[0]
     chosen = _chosen_blocks(blocks, len(all_blocks), "add_adapters")
     for i in chosen:
         if "adapter" in all_blocks[i].tuning:
             raise ValueError(f"add_adapters: block {i} already has 'adapter' attached; remove_tuning first")
-    new = [(i, Adapter(dim, bottleneck, mode, scale, dropout=dropout, norm=norm)) for i in chosen]
+    with torch.inference_mode(False):
+        new = [(i, Adapter(dim, bottleneck, mode, scale, dropout=dropout, norm=norm)) for i in chosen]
+        for i, adapter in new:
+            _like(adapter, all_blocks[i].mlp.fc1.weight)
     for i, adapter in new:
-        _like(adapter, all_blocks[i].mlp.fc1.weight)
         # A hook takes the mode of the block it joins (a fresh module is in training mode: its dropout would run
         # in a model that was put in eval mode).
         all_blocks[i].tuning["adapter"] = adapter.train(all_blocks[i].training)
@@ -642,9 +660,11 @@ def add_ssf(
     """
     layers = _layers(model, target_modules, sites, SSF_SITES, blocks, (nn.Linear, nn.LayerNorm), "add_ssf")
     _check_free(layers, "ssf", "add_ssf")
-    made = [
-        (layer, _like(SSF(_width(layer, "add_ssf", name, "out")), _reference(layer, model))) for name, layer in layers
-    ]
+    with torch.inference_mode(False):
+        made = [
+            (layer, _like(SSF(_width(layer, "add_ssf", name, "out")), _reference(layer, model)))
+            for name, layer in layers
+        ]
     for layer, ssf in made:
         _sites.attach(layer, "ssf", ssf)
     return [cast(SSF, ssf) for _, ssf in made]
@@ -680,8 +700,10 @@ def add_prompts(model: nn.Module, length: int, *, blocks: Sequence[int] = (0,)) 
     tuning = cast(nn.ModuleDict, model.tuning)
     if "prompts" in tuning:
         raise ValueError("add_prompts: the model already has prompts attached; remove_tuning first")
-    prompts = PromptTokens(length, dim, chosen)
-    tuning["prompts"] = _like(prompts, all_blocks[0].attn.qkv.weight).train(tuning.training)
+    with torch.inference_mode(False):
+        prompts = PromptTokens(length, dim, chosen)
+        _like(prompts, all_blocks[0].attn.qkv.weight)
+    tuning["prompts"] = prompts.train(tuning.training)
     return prompts
 
 
@@ -714,9 +736,10 @@ def remove_tuning(model: nn.Module) -> None:
     unmerge_lora(module)
     _sites.detach_all(module)
     for sub in module.modules():
-        tuning = getattr(sub, "tuning", None)
-        if isinstance(tuning, nn.ModuleDict):  # the package's ViT: its blocks' adapters and its prompts
-            tuning.clear()
+        if isinstance(sub, VisionTransformer):  # the package's ViT: its blocks' adapters and its prompts
+            sub.tuning.clear()
+            for block in sub.blocks:
+                cast(nn.ModuleDict, block.tuning).clear()
 
 
 def _loras(model: nn.Module, what: str) -> list[tuple[nn.Linear, LoRA]]:
@@ -763,7 +786,14 @@ def merge_lora(model: nn.Module) -> int:
         (12, True)
     """
     pairs = [(layer, lora) for layer, lora in _loras(model, "merge_lora") if not lora.merged]
+    every = _loras(model, "merge_lora")
     for layer, _ in pairs:
+        sharing = [other for other, _ in every if other is not layer and other.weight is layer.weight]
+        if sharing:
+            raise ValueError(
+                "merge_lora: two layers with a LoRA share one weight, which cannot hold both deltas; "
+                "merge is refused (their LoRA modules still apply unmerged)"
+            )
         if layer.weight.device.type == "meta":
             raise ValueError("merge_lora: the model is on the meta device and holds no weights to merge into")
         _check_writable_weight(layer, "merge_lora")
@@ -809,7 +839,9 @@ def _unchanged_since_merge(layer: nn.Linear, lora: LoRA) -> bool:
     delta = (merged_b.double() @ merged_a.double()) * lora.scale
     expected = kept.double() + delta
     eps = torch.finfo(weight.dtype).eps
-    bound = eps * (expected.abs() + kept.double().abs()) + torch.finfo(weight.dtype).tiny
+    # The factors were rounded too: the delta's error is bounded by eps times |B| @ |A|, element by element.
+    spread = (merged_b.double().abs() @ merged_a.double().abs()) * abs(lora.scale)
+    bound = eps * (expected.abs() + kept.double().abs() + 2 * spread) + torch.finfo(weight.dtype).tiny
     differs = (weight.double() - expected).abs() > bound
     return not bool((differs & ~(weight.isnan() & expected.isnan())).any())
 
@@ -829,7 +861,9 @@ def unmerge_lora(model: nn.Module) -> int:
     deep copy, ``.double()``): the kept weight follows the model. After a
     conversion to a finer dtype the check stays exact; after one to a
     coarser dtype (``.half()``), a change smaller than that dtype's rounding
-    cannot be told from the rounding and is not detected.
+    cannot be told from the rounding and is not detected. A conversion to a
+    coarser dtype and back (``.half().float()``) rounds the weight, which is
+    a change, and is refused.
 
     Args:
         model: any module with LoRA modules attached by :func:`~backbone.add_lora`.

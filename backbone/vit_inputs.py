@@ -25,6 +25,7 @@ from .sites import call_deltas
 __all__ = ["call_inputs"]
 
 _SITES = {"qkv": "attn.qkv", "proj": "attn.proj", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
+_ACTIVE = "_call_inputs_active"  # set on the model while a call_inputs block runs (nesting is refused)
 _MODES = ("replace", "add")
 
 
@@ -69,11 +70,40 @@ def _per_block(value: object, depth: int, name: str, *, tensor_means_block_0: bo
 def _tensor(t: object, what: str, ref: Tensor) -> Tensor:
     if not isinstance(t, Tensor):
         raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{what} must be floating point, got {t.dtype}")
+    if t.layout != torch.strided or t.is_nested:
+        got = "a nested tensor" if t.is_nested else str(t.layout)
+        raise TypeError(f"{what} must be a dense (strided) tensor, got {got}")
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{what} must have the model's dtype {ref.dtype}, got {t.dtype}")
     if t.device != ref.device:
         raise ValueError(f"{what} must be on the model's device {ref.device}, got {t.device}")
     return t
+
+
+def _delta(given: object, layer: nn.Linear, what: str) -> tuple[Tensor | None, Tensor]:
+    """An ``AB`` entry as ``(A or None, B)``, its shapes checked against the layer (the batch at the call)."""
+    if isinstance(given, Mapping):
+        if set(given) - {"A", "B"} or "B" not in given:
+            keys = sorted(map(str, given))
+            raise ValueError(f"{what} must be a tensor, {{'B': B}} or {{'A': A, 'B': B}}, got keys {keys}")
+        a, b = given.get("A"), given["B"]
+    else:
+        a, b = None, given
+    weight = layer.weight
+    b = _tensor(b, f"{what}'s B", weight)
+    a = None if a is None else _tensor(a, f"{what}'s A", weight)
+    out_features, in_features = layer.out_features, layer.in_features
+    if a is None:
+        fits = 2 <= b.dim() <= 4 and tuple(b.shape[-2:]) == (out_features, in_features)
+        expected = f"[..., {out_features}, {in_features}]"
+    else:
+        fits = 2 <= a.dim() <= 4 and 2 <= b.dim() <= 4 and a.shape[-1] == in_features
+        fits = fits and tuple(b.shape[-2:]) == (out_features, a.shape[-2])
+        expected = f"A [..., r, {in_features}] and B [..., {out_features}, r]"
+    if not fits:
+        shapes = f"B {tuple(b.shape)}" + ("" if a is None else f", A {tuple(a.shape)}")
+        raise ValueError(f"{what} must be {expected}; got {shapes}")
+    return a, b
 
 
 def _batched(t: Tensor, batch: int, tail: tuple[int | None, ...], what: str) -> Tensor:
@@ -143,6 +173,10 @@ def call_inputs(
     """
     module = check_module(model, " as call_inputs's model")
     vit, blocks = _blocks(module)
+    if _ACTIVE in vit.__dict__:
+        raise ValueError(
+            "call_inputs is already active on this model; give all the call's inputs in one call_inputs block"
+        )
     if prompt_mode not in _MODES:
         raise ValueError(f"prompt_mode must be one of {', '.join(map(repr, _MODES))}, got {prompt_mode!r}")
     depth = len(blocks)
@@ -165,12 +199,8 @@ def call_inputs(
                 raise ValueError(f"AB[{i}] names layers out of {tuple(_SITES)}, got {site!r}")
             if delta is None:
                 continue
-            a, b = (delta.get("A"), delta["B"]) if isinstance(delta, Mapping) else (None, delta)
-            layer = blocks[i].get_submodule(_SITES[site])
-            deltas[layer] = (
-                None if a is None else _tensor(a, f"AB[{i}][{site!r}]'s A", ref),
-                _tensor(b, f"AB[{i}][{site!r}]'s B", ref),
-            )
+            layer = cast(nn.Linear, blocks[i].get_submodule(_SITES[site]))
+            deltas[layer] = _delta(delta, layer, f"AB[{i}][{site!r}]")
     prefix_tokens = int(getattr(vit, "num_prefix_tokens", 1))
     state = {"prompted": 0}
     handles = []
@@ -194,6 +224,7 @@ def call_inputs(
         return hook
 
     saved_forwards: list[nn.Module] = []
+    vit.__dict__[_ACTIVE] = True
     try:
         for i in given_prompts:
             handles.append(blocks[i].register_forward_pre_hook(put_prompts(i)))
@@ -208,6 +239,7 @@ def call_inputs(
             handle.remove()
         for attn in saved_forwards:
             del attn.forward
+        vit.__dict__.pop(_ACTIVE, None)
 
 
 def _attention_with(attn: nn.Module, prefix: Tensor | None, value: Tensor | None, dim: int) -> Callable[..., Tensor]:

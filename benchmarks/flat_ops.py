@@ -26,6 +26,7 @@ times with CUDA events.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import functools
 import json
@@ -257,13 +258,23 @@ def fisher_ratio(timer: Timer) -> float:
     return timer.ratio("mammoth", "package")
 
 
-# --- the Fisher diagonal over a batch, three ways --------------------------------
+# --- the Fisher diagonal over a batch: the package, Mammoth's loop, the floor and the peers ---------------------
+
+
+def vit_tiny_lora() -> nn.Module:
+    """ViT-Tiny with rank-4 LoRA factors on every qkv, the base frozen: the Fisher of the factors only."""
+    net = vit_tiny_patch4_32(10)
+    backbone.add_lora(net, 4, sites=["qkv"])
+    backbone.freeze_base(net)
+    return net
+
 
 FISHER_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mnistmlp": (lambda: MNISTMLP(784, 10), (784,)),
     "reduced-resnet18": (lambda: reduced_resnet18(10), (3, 32, 32)),
     "resnet18": (lambda: resnet18(10), (3, 32, 32)),
     "vit-tiny": (lambda: vit_tiny_patch4_32(10), (3, 32, 32)),
+    "vit-tiny-lora": (vit_tiny_lora, (3, 32, 32)),
 }
 
 
@@ -283,13 +294,80 @@ def fisher_mammoth_loop(net: nn.Module, batches: list[tuple[Tensor, Tensor]]) ->
 
 
 def fisher_batch_squared(net: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> Tensor:
-    """The squared gradient of the batch's mean log-likelihood: one backward, and another quantity."""
+    """The floor: one forward and backward of the batch, its gradient squared (another quantity, the same work)."""
     fish = torch.zeros_like(backbone.get_params(net))
     for inputs, labels in batches:
         net.zero_grad()
         torch.log_softmax(net(inputs), dim=1).gather(1, labels[:, None]).mean().backward()
         fish += backbone.get_grads(net) ** 2
     return fish
+
+
+def backpack_way(net: nn.Module) -> Callable[[list[tuple[Tensor, Tensor]]], Tensor] | None:
+    """BackPACK's SumGradSquared (unweighted squared per-example gradients), on a copy extended once; None if absent."""
+    try:
+        from backpack import backpack, extend
+        from backpack.extensions import SumGradSquared
+    except ImportError:
+        return None
+    model = extend(copy.deepcopy(net))
+    loss_fn = extend(nn.CrossEntropyLoss(reduction="sum"))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(batches: list[tuple[Tensor, Tensor]]) -> Tensor:
+        total = torch.zeros(sum(p.numel() for p in params))
+        for inputs, labels in batches:
+            model.zero_grad()
+            with backpack(SumGradSquared()):
+                loss_fn(model(inputs), labels).backward()
+            total += torch.cat([p.sum_grad_squared.reshape(-1) for p in params])  # type: ignore[attr-defined]
+        return total
+
+    return run
+
+
+def as_sequential(net: nn.Module) -> nn.Module:
+    """MNISTMLP as the plain nn.Sequential it computes (its own layers, copied): Opacus's hooks need each layer
+    called once under one name, and MNISTMLP registers its layers under two (Mammoth's key layout)."""
+    if isinstance(net, MNISTMLP):
+        twin = copy.deepcopy(net)
+        return nn.Sequential(nn.Flatten(), twin.fc1, nn.ReLU(), twin.fc2, nn.ReLU(), twin.classifier)
+    return copy.deepcopy(net)
+
+
+def opacus_way(net: nn.Module) -> Callable[[list[tuple[Tensor, Tensor]]], Tensor] | None:
+    """Opacus's per-sample gradients (GradSampleModule), squared and summed; None if absent."""
+    try:
+        from opacus import GradSampleModule
+    except ImportError:
+        return None
+    # Opacus records activations in training mode only; the models it runs here have no dropout or batch norm.
+    model = GradSampleModule(as_sequential(net).train())
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def run(batches: list[tuple[Tensor, Tensor]]) -> Tensor:
+        total = torch.zeros(sum(p.numel() for p in params))
+        for inputs, labels in batches:
+            model.zero_grad()
+            torch.nn.functional.cross_entropy(model(inputs), labels, reduction="sum").backward()
+            total += torch.cat([p.grad_sample.square().sum(0).reshape(-1) for p in params])  # type: ignore[attr-defined]
+        return total
+
+    return run
+
+
+def peer(
+    make: Callable[[nn.Module], Callable[..., Tensor] | None], net: nn.Module, batches: list[Any]
+) -> tuple[Any, str]:
+    """The peer's function if it runs this model (tried once, untimed), and why not otherwise."""
+    try:
+        way = make(net)
+        if way is None:
+            return None, "not installed"
+        way(batches)
+    except Exception as error:  # whatever the peer refuses the model with
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:80]}"
+    return way, ""
 
 
 @dataclass
@@ -299,18 +377,22 @@ class FisherRow:
     mammoth_ms: float
     package_ms: float
     batch_ms: float
+    backpack_ms: float | None
+    opacus_ms: float | None
     mammoth_over_package: float
-    batch_over_package: float
+    package_over_batch: float
+    best_peer_over_package: float | None
+    notes: str = ""
 
 
 FISHER_HEADER = [
-    "model", "parameters", "Mammoth loop ms", "fisher_diagonal ms", "batch gradient squared ms",
-    "Mammoth / fisher_diagonal", "batch / fisher_diagonal",
+    "model", "parameters", "Mammoth loop ms", "fisher_diagonal ms", "batch floor ms", "BackPACK ms", "Opacus ms",
+    "Mammoth / fisher_diagonal", "fisher_diagonal / floor", "fastest peer / fisher_diagonal",
 ]  # fmt: skip
 
 
 def bench_fisher(name: str, timer: Timer, batch: int) -> FisherRow:
-    """The Fisher over one batch: Mammoth's per-example loop, the vectorised one, a squared batch gradient."""
+    """The Fisher over one batch, five ways, timed in one run on the same machine and torch."""
     torch.manual_seed(0)
     make, shape = FISHER_MODELS[name]
     net = make().to(timer.device).eval()
@@ -318,34 +400,51 @@ def bench_fisher(name: str, timer: Timer, batch: int) -> FisherRow:
     x = torch.randn(batch, *shape, generator=generator).to(timer.device)
     y = torch.randint(10, (batch,), generator=generator).to(timer.device)
     batches = [(x, y)]
-    ms = timer(
-        {
-            "mammoth": lambda: fisher_mammoth_loop(net, batches),
-            "package": lambda: backbone.fisher_diagonal(net, batches),
-            "batch": lambda: fisher_batch_squared(net, batches),
-        },
-        grad=True,
-    )
+    select = "trainable" if name.endswith("lora") else None
+    fns: dict[str, Callable[[], object]] = {
+        "mammoth": lambda: fisher_mammoth_loop(net, batches),
+        "package": lambda: backbone.fisher_diagonal(net, batches, select=select),
+        "batch": lambda: fisher_batch_squared(net, batches),
+    }
+    notes = []
+    for label, maker in (("backpack", backpack_way), ("opacus", opacus_way)):
+        way, why = peer(maker, net, batches)
+        if way is None:
+            notes.append(f"{label}: {why}")
+        else:
+            fns[label] = functools.partial(way, batches)
+    ms = timer(fns, grad=True)
+    peers = [ms[k] for k in ("backpack", "opacus") if k in ms]
     return FisherRow(
         name,
-        backbone.get_params(net).numel(),
+        backbone.get_params(net, select=select).numel(),
         ms["mammoth"] * 1e3,
         ms["package"] * 1e3,
         ms["batch"] * 1e3,
+        ms["backpack"] * 1e3 if "backpack" in ms else None,
+        ms["opacus"] * 1e3 if "opacus" in ms else None,
         timer.ratio("mammoth", "package"),
-        timer.ratio("batch", "package"),
+        timer.ratio("package", "batch"),
+        min(peers) / ms["package"] if peers else None,
+        "; ".join(notes),
     )
 
 
 def fisher_cells(r: FisherRow) -> list[str]:
+    def ms(value: float | None) -> str:
+        return "—" if value is None else f"{value:,.1f}"
+
     return [
         r.model,
         f"{r.parameters:,}",
-        f"{r.mammoth_ms:,.1f}",
-        f"{r.package_ms:,.1f}",
-        f"{r.batch_ms:,.1f}",
+        ms(r.mammoth_ms),
+        ms(r.package_ms),
+        ms(r.batch_ms),
+        ms(r.backpack_ms),
+        ms(r.opacus_ms),
         f"{r.mammoth_over_package:.2f}",
-        f"{r.batch_over_package:.3f}",
+        f"{r.package_over_batch:.2f}",
+        "—" if r.best_peer_over_package is None else f"{r.best_peer_over_package:.2f}",
     ]
 
 
@@ -615,6 +714,10 @@ def save(result: dict[str, Any], rows: list[Row], step_rows: list[StepRow], pref
         writer = csv.writer(f)
         writer.writerow(FISHER_HEADER)
         writer.writerows(fisher_cells(FisherRow(**r)) for r in result["fisher"])
+    with open(f"{prefix}-fisher-peers.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "peers that did not run, and what they raised"])
+        writer.writerows([r["model"], r["notes"]] for r in result["fisher"] if r["notes"])
     with open(f"{prefix}-subset.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(SUBSET_HEADER)
@@ -722,6 +825,9 @@ def main() -> None:
             print(f"{label}: {value}")
         print()
         print_cells([FISHER_HEADER] + [fisher_cells(r) for r in fisher_rows], 1)
+        for r in fisher_rows:
+            if r.notes:
+                print(f"  {r.model}: {r.notes}")
         print()
         print_cells([SUBSET_HEADER, *subset_rows], 1)
     if args.save:

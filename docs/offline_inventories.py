@@ -41,6 +41,8 @@ TORCH: list[tuple[str, str, str]] = [
     ("torch.Tensor", "py:class", "tensors.html#$"),
     ("torch.dtype", "py:class", "tensor_attributes.html#$"),
     ("torch.device", "py:class", "tensor_attributes.html#$"),
+    ("torch.Generator", "py:class", "generated/torch.Generator.html#$"),
+    ("torch._C.Generator", "py:class", "generated/torch.Generator.html#torch.Generator"),
     ("torch.cat", "py:function", "generated/torch.cat.html#$"),
     ("torch.compile", "py:function", "generated/torch.compile.html#$"),
     ("torch.save", "py:function", "generated/torch.save.html#$"),

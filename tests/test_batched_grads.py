@@ -231,3 +231,88 @@ def test_bad_fisher_kinds_are_refused(kwargs: dict[str, object], error: type[Exc
     net = MNISTMLP(4, 3, hidden_size=5)
     with pytest.raises(error, match=match):
         fisher_diagonal(net, [(torch.randn(2, 4), torch.tensor([0, 1]))], **kwargs)  # type: ignore[arg-type]
+
+
+# --- found by red-teaming the batched pass -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "act", [nn.ReLU(inplace=True), nn.LeakyReLU(0.1, inplace=True), nn.Hardtanh(inplace=True), nn.SiLU(inplace=True)]
+)
+def test_an_in_place_activation_after_a_layer_does_not_rewrite_its_recorded_output(act: nn.Module) -> None:
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(5, 8), act, nn.Linear(8, 3))
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    assert_close(per_sample_grads(net, F.cross_entropy, x, y), loop_rows(net, x, y))
+
+
+def test_results_are_plain_data() -> None:
+    net = nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+    x, y = torch.randn(6, 5), torch.randint(0, 3, (6,))
+    rows = per_sample_grads(net, F.cross_entropy, x, y)
+    fisher = fisher_diagonal(net, [(x, y)])
+    assert not rows.requires_grad and rows.grad_fn is None
+    assert not fisher.requires_grad and fisher.grad_fn is None
+
+
+def test_what_mixes_or_hides_the_examples_is_not_taken_the_batched_way() -> None:
+    trusted = (MNISTMLP,)
+    assert not applies(nn.Sequential(nn.Linear(5, 3), nn.Flatten(0)), trusted)
+    assert not applies(nn.Sequential(nn.Linear(5, 3), nn.Flatten(-2)), trusted)
+    patched = nn.Sequential(nn.Linear(5, 3))
+    patched[0].forward = lambda x: x  # type: ignore[method-assign]
+    assert not applies(patched, trusted)
+    handle = nn.modules.module.register_module_forward_hook(lambda m, a, o: o)
+    try:
+        assert not applies(nn.Sequential(nn.Linear(5, 3)), trusted)
+    finally:
+        handle.remove()
+    # And the answer stays the loop's where a model mixes them.
+    net = nn.Sequential(nn.Linear(5, 3), nn.Flatten(0))
+    x, y = torch.randn(4, 5), torch.randn(4, 3)
+    loss = lambda out, t: (out - t.reshape(-1)).square().sum()  # noqa: E731
+    rows = per_sample_grads(net, loss, x, y)
+    expected = []
+    for i in range(4):
+        net.zero_grad()
+        loss(net(x[i : i + 1]), y[i : i + 1]).backward()
+        expected.append(backbone.get_grads(net).clone())
+    assert_close(rows, torch.stack(expected))
+
+
+def test_a_token_axis_gives_the_loops_rows_another_way() -> None:
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(4, 6), nn.GELU(), nn.LayerNorm(6), nn.Linear(6, 3), nn.Flatten())
+    x, y = torch.randn(5, 2, 4), torch.randint(0, 6, (5,))
+    assert_close(per_sample_grads(net, F.cross_entropy, x, y), loop_rows(net, x, y))
+
+
+def test_the_true_and_sampled_fishers_leave_the_rng_and_refuse_logits_that_are_not_finite() -> None:
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.5), nn.Linear(6, 3)).train()
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    state = torch.get_rng_state()
+    fisher_diagonal(net, [(x, y)], kind="true")
+    fisher_diagonal(net, [(x, y)], kind="sampled", generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="needs finite logits"):
+        fisher_diagonal(net.eval(), [(torch.full((2, 4), float("nan")), torch.tensor([0, 1]))], kind="sampled")
+
+
+def test_a_vit_tuned_by_lora_takes_one_batched_pass_with_the_loops_rows() -> None:
+    torch.manual_seed(7)
+    net = backbone.VisionTransformer(img_size=16, patch_size=4, num_classes=3, embed_dim=8, depth=2, num_heads=2)
+    net.eval()
+    loras = backbone.add_lora(net, 2, sites=["qkv", "fc2"])
+    for lora in loras:
+        with torch.no_grad():
+            lora.B.normal_()
+    trainable = {id(p) for n, p in net.named_parameters() if ".tuning." in n}
+    assert applies(net, (backbone.VisionTransformer,), set(), ()) is False  # its layers are not all trusted here
+    backbone.freeze_base(net, train_head=True)
+    x, y = torch.randn(5, 3, 16, 16), torch.randint(0, 3, (5,))
+    rows = per_sample_grads(net, F.cross_entropy, x, y, select="trainable")
+    assert_close(rows, loop_rows(net, x, y, "trainable"))
+    assert trainable  # the factors have rows
+    net.cls_token.requires_grad_(True)  # a parameter outside any layer with a rule: another way, the same rows
+    assert_close(per_sample_grads(net, F.cross_entropy, x, y, select="trainable"), loop_rows(net, x, y, "trainable"))

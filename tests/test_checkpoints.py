@@ -775,6 +775,17 @@ def test_l2ps_position_rows_for_its_prompts_load_without_them() -> None:
     assert_state_equal(state(net), before)
 
 
+def test_l2ps_prompt_rows_are_recognised_when_with_the_patches_they_make_a_square() -> None:
+    """9 prompt rows and 16 patch rows are 25, a 5x5 grid: the copies of the class row say they are L2P's."""
+    source = vit(seed=1)
+    sd = dict(source.state_dict())
+    pos = sd["pos_embed"]
+    sd["pos_embed"] = torch.cat([pos[:, :1], pos[:, :1].expand(1, 9, DIM), pos[:, 1:]], 1)
+    net = vit(seed=2)
+    assert load_checkpoint(net, sd) == []
+    assert torch.equal(net.pos_embed, pos)
+
+
 def l2p_tokens(net: VisionTransformer, x: Tensor, prompts: Tensor, pos_embed: Tensor) -> Tensor:
     patches = net.patch_embed.proj(x).flatten(2).transpose(1, 2)
     tokens = torch.cat([net.cls_token.expand(x.shape[0], 1, DIM), prompts.expand(x.shape[0], -1, -1), patches], 1)

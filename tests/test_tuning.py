@@ -839,3 +839,95 @@ def test_messages_name_the_shape_given_and_the_model_expected() -> None:
         net(images(), prompts=torch.zeros(2, 7, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"^expected a torch.nn.Module as add_lora's model, got NoneType$"):
         add_lora(None, 2)  # type: ignore[arg-type]
+
+
+# --- found by red-teaming tuning by site --------------------------------------------------------------------------
+
+
+def test_a_module_with_a_tuning_attribute_of_its_own_is_not_a_site() -> None:
+    net = tiny()
+    add_adapters(net, 2, blocks=[0])
+    before = snapshot(net)
+    with pytest.raises(ValueError, match=r"blocks\.0 has a 'tuning' attribute of its own"):
+        add_adapters(net, 2, target_modules=["blocks.0"])
+    assert unchanged(net, before)
+
+    class Own(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.tuning = nn.ModuleDict({"mine": nn.Linear(3, 3)})
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.tuning["mine"](self.fc(x))
+
+    model = Own()
+    add_lora(model, 2, target_modules=["fc"])
+    remove_tuning(model)
+    assert "mine" in model.tuning  # a container of the model's own is left alone
+
+
+def test_lora_refuses_linear_subclasses_and_works_on_a_layer_called_by_keyword() -> None:
+    mha = nn.MultiheadAttention(4, 2)
+    with pytest.raises(ValueError, match=r"out_proj is a NonDynamicallyQuantizableLinear, not an nn\.Linear"):
+        add_lora(mha, 2, target_modules=["out_proj"])
+
+    class ByKeyword(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(input=x)  # type: ignore[no-any-return]
+
+    model = ByKeyword()
+    (lora,) = add_lora(model, 1, target_modules=["fc"])
+    with torch.no_grad():
+        lora.B.fill_(1.0)
+    x = torch.randn(4, 3)
+    assert torch.allclose(model(x), x @ (model.fc.weight + lora.delta()).T + model.fc.bias, atol=1e-6)
+
+
+def test_a_hooked_module_that_returns_no_tensor_is_a_clear_type_error() -> None:
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            return self.fc(x), x
+
+    model = nn.Sequential(Pair())
+    add_adapters(model, 2, target_modules=["0"], mode="sequential")
+    with pytest.raises(TypeError, match=r"a tuning hook needs its layer \(Pair\) to return a tensor, got tuple"):
+        model(torch.randn(2, 4))
+
+
+def test_two_layers_sharing_a_weight_cannot_merge_their_loras() -> None:
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.ReLU(), nn.Linear(3, 3))
+    model[2].weight = shared.weight
+    loras = add_lora(model, 1, target_modules=["0", "2"])
+    for lora in loras:
+        randomise(lora)
+    weight = shared.weight.detach().clone()
+    with pytest.raises(ValueError, match="share one weight"):
+        merge_lora(model)
+    assert torch.equal(shared.weight, weight) and not any(lora.merged for lora in loras)
+    remove_tuning(model)
+
+
+def test_adapters_by_blocks_belong_to_the_package_vit_and_say_the_way_elsewhere() -> None:
+    mlp = nn.Sequential(nn.Linear(3, 3))
+    with pytest.raises(TypeError, match="pass target_modules"):
+        add_adapters(mlp, 2, blocks=[0])
+
+
+def test_unmerge_after_a_coarser_dtype_accepts_its_rounding_with_small_factors() -> None:
+    net = tiny(dtype=torch.float32)
+    for lora in add_lora(net, 2, sites=["qkv"]):
+        with torch.no_grad():
+            lora.B.normal_(0, 0.01)
+    merge_lora(net)
+    net.half()
+    assert unmerge_lora(net) == 3

@@ -388,3 +388,65 @@ def test_call_inputs_are_removed_after_an_error_and_refuse_other_models() -> Non
         call_inputs(net, AB={0: {"attn": randn(2, 2)}}),
     ):
         pass
+
+
+# --- found by red-teaming the ViT hosting -------------------------------------------------------------------------
+
+
+def test_nested_call_inputs_are_refused_and_ab_at_the_call_adds_to_a_blocks() -> None:
+    net, x = tiny(), images()
+    first, second = randn(3 * DIM, DIM, seed=30), randn(3 * DIM, DIM, seed=31)
+    with call_inputs(net, AB={0: {"qkv": first}}):
+        with pytest.raises(ValueError, match="call_inputs is already active on this model"), call_inputs(net):
+            pass
+        both = net.forward_features(x, {0: {"qkv": second}})  # the forward's own AB joins the block's
+    close(both, net.forward_features(x, {0: {"qkv": first + second}}))  # type: ignore[arg-type]
+    close(net.forward_features(x), net.forward_features(x, {}))  # type: ignore[arg-type]  # nothing left behind
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"AB": {0: {"qkv": {"A": randn(2, DIM)}}}}, ValueError, "got keys \\['A'\\]"),
+        ({"AB": {0: {"qkv": randn(DIM, DIM)}}}, ValueError, r"AB\[0\]\['qkv'\] must be \[\.\.\., 24, 8\]"),
+        ({"AB": {0: {"qkv": torch.randn(3 * DIM, DIM)}}}, TypeError, "model's dtype torch.float64"),
+        ({"values": {0: torch.randn(3, DIM)}}, TypeError, "model's dtype"),
+        ({"prompts": randn(3, 2, DIM).to_sparse()}, TypeError, "dense"),
+        ({"prompt_mode": "prepend"}, ValueError, "prompt_mode must be one of"),
+    ],
+)
+def test_call_inputs_refuses_bad_inputs_before_any_hook(
+    kwargs: dict[str, object], error: type[Exception], match: str
+) -> None:
+    net, x = tiny(), images()
+    plain = net.forward_features(x)
+    with pytest.raises(error, match=match), call_inputs(net, **kwargs):  # type: ignore[arg-type]
+        pass
+    close(net.forward_features(x), plain)  # type: ignore[arg-type]
+
+
+def test_constructor_and_forward_head_refuse_what_would_build_or_pool_wrongly() -> None:
+    with pytest.raises(ValueError, match="mlp_ratio must be a positive finite number, got '2'"):
+        VisionTransformer(img_size=16, patch_size=4, embed_dim=DIM, depth=1, num_heads=HEADS, mlp_ratio="2")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="qkv_bias must be a bool"):
+        VisionTransformer(img_size=16, patch_size=4, embed_dim=DIM, depth=1, num_heads=HEADS, qkv_bias="no")  # type: ignore[arg-type]
+    net = tiny(global_pool="avg")
+    tokens = net.forward_features(images())
+    assert isinstance(tokens, Tensor)
+    with pytest.raises(ValueError, match=r"tokens \[B, 1 \+ P \+ N, 8\] with P = num_prompts = 20"):
+        net.forward_head(tokens, num_prompts=20)
+    with pytest.raises(ValueError, match="got shape \\(3, 8\\)"):
+        net.forward_head(tokens[:, 0])
+    with pytest.raises(TypeError, match="pre_logits must be a bool"):
+        net.forward_head(tokens, pre_logits="no")  # type: ignore[arg-type]
+
+
+def test_hooks_attached_inside_inference_mode_can_be_trained() -> None:
+    from backbone import add_adapters, add_lora, add_ssf
+
+    net, x = tiny(), images()
+    with torch.inference_mode():
+        made = [*add_lora(net, 2, sites=["qkv"]), *add_ssf(net, sites=["fc1"]), *add_adapters(net, 2, blocks=[0])]
+    assert not any(p.is_inference() for m in made for p in m.parameters())
+    net(x).sum().backward()
+    assert made[0].B.grad is not None

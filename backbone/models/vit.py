@@ -305,6 +305,11 @@ class VisionTransformer(MammothBackbone):
             in_chans=in_chans,
         )
         check_num_classes(num_classes)
+        check_bool("qkv_bias", qkv_bias)
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, int | float) or not 0 < mlp_ratio < math.inf:
+            raise ValueError(f"mlp_ratio must be a positive finite number, got {mlp_ratio!r}")
+        if int(embed_dim * mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio must give the MLP at least one hidden unit, got {mlp_ratio!r} of {embed_dim}")
         if img_size % patch_size:
             raise ValueError(f"img_size must be a multiple of patch_size, got {img_size} and {patch_size}")
         if global_pool not in GLOBAL_POOLS:
@@ -739,6 +744,16 @@ class VisionTransformer(MammothBackbone):
         """
         if isinstance(num_prompts, bool) or not isinstance(num_prompts, int) or num_prompts < 0:
             raise ValueError(f"num_prompts must be a non-negative int, got {num_prompts!r}")
+        check_bool("pre_logits", pre_logits)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"forward_head expects the tokens as a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[2] != self.feature_dim or x.shape[1] < 1 + num_prompts:
+            raise ValueError(
+                f"forward_head expects tokens [B, 1 + P + N, {self.feature_dim}] with P = num_prompts = {num_prompts}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if self.global_pool == "avg" and x.shape[1] == 1 + num_prompts:
+            raise ValueError("global_pool='avg' pools the patch tokens, but the tokens hold none")
         x = self._pool(x, num_prompts)
         return x if pre_logits else cast(Tensor, self.head(x))
 
