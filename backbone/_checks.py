@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -191,3 +193,38 @@ def check_input(
         raise ValueError(
             f"{name} expects a batch [B, ...] whose samples flatten to {features} features, got shape {tuple(x.shape)}"
         )
+
+
+def check_per_block(value: object, depth: int, name: str, *, lone_means_block_0: bool = False) -> dict[int, Any]:
+    """``{block index: value}`` from a mapping (None values dropped), None, or (with ``lone_means_block_0``) one
+    tensor or function, which is block 0's.
+
+    Example:
+        >>> from backbone._checks import check_per_block
+        >>> check_per_block({1: "a", 2: None}, 3, "prompts")
+        {1: 'a'}
+        >>> check_per_block({3: "a"}, 3, "prompts")
+        Traceback (most recent call last):
+        ...
+        ValueError: prompts: block index 3 is out of range for a model of 3 blocks
+    """
+    if value is None:
+        return {}
+    if lone_means_block_0 and (isinstance(value, Tensor) or (callable(value) and not isinstance(value, Mapping))):
+        return {0: value}
+    if not isinstance(value, Mapping):
+        expected = (
+            "a tensor, a function or a mapping {block index: ...}"
+            if lone_means_block_0
+            else "a mapping {block index: ...}"
+        )
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
+    out = {}
+    for index, item in value.items():
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"{name} must be keyed by block index (int), got {index!r}")
+        if not 0 <= index < depth:
+            raise ValueError(f"{name}: block index {index} is out of range for a model of {depth} blocks")
+        if item is not None:
+            out[index] = item
+    return out

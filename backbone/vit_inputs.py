@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import check_module
+from ._checks import check_module, check_per_block
 from .sites import call_deltas
 
 __all__ = ["call_inputs"]
@@ -47,24 +47,6 @@ def _blocks(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
         f"call_inputs needs a ViT with timm's block layout (blocks[i].attn.qkv/proj, blocks[i].mlp.fc1/fc2), got "
         f"{type(model).__name__}; the package's VisionTransformer takes these inputs as forward's keyword arguments"
     )
-
-
-def _per_block(value: object, depth: int, name: str, *, tensor_means_block_0: bool = False) -> dict[int, Any]:
-    if value is None:
-        return {}
-    if tensor_means_block_0 and (isinstance(value, Tensor) or callable(value)):
-        return {0: value}
-    if not isinstance(value, Mapping):
-        raise TypeError(f"{name} must be a mapping {{block index: ...}}, got {type(value).__name__}")
-    out = {}
-    for index, item in value.items():
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(f"{name} must be keyed by block index (int), got {index!r}")
-        if not 0 <= index < depth:
-            raise ValueError(f"{name}: block index {index} is out of range for a model of {depth} blocks")
-        if item is not None:
-            out[index] = item
-    return out
 
 
 def _tensor(t: object, what: str, ref: Tensor) -> Tensor:
@@ -182,16 +164,18 @@ def call_inputs(
     depth = len(blocks)
     ref = cast(nn.Linear, cast(Any, blocks[0]).attn.qkv).weight
     dim = ref.shape[1]
-    given_prompts = _per_block(prompts, depth, "prompts", tensor_means_block_0=True)
+    given_prompts = check_per_block(prompts, depth, "prompts", lone_means_block_0=True)
     for i, p in given_prompts.items():
         if not callable(p) or isinstance(p, Tensor):
             _tensor(p, f"prompts for block {i}", ref)
     given_prefixes = {
-        i: _tensor(t, f"prefixes for block {i}", ref) for i, t in _per_block(prefixes, depth, "prefixes").items()
+        i: _tensor(t, f"prefixes for block {i}", ref) for i, t in check_per_block(prefixes, depth, "prefixes").items()
     }
-    given_values = {i: _tensor(t, f"values for block {i}", ref) for i, t in _per_block(values, depth, "values").items()}
+    given_values = {
+        i: _tensor(t, f"values for block {i}", ref) for i, t in check_per_block(values, depth, "values").items()
+    }
     deltas: dict[nn.Module, tuple[Tensor | None, Tensor]] = {}
-    for i, layers in _per_block(AB, depth, "AB").items():
+    for i, layers in check_per_block(AB, depth, "AB").items():
         if not isinstance(layers, Mapping):
             raise TypeError(f"AB[{i}] must map layer names to deltas, got {type(layers).__name__}")
         for site, delta in layers.items():

@@ -683,7 +683,7 @@ def z(*shape: int) -> Tensor:
         ({"prefixes": {0: z(2, 0, 8)}}, ValueError, "L > 0"),
         ({"values": {0: z(3, 7)}}, ValueError, r"values for block 0 must be \[3, 8\] or \[8\]"),
         ({"prompt_mode": "prepend"}, ValueError, "prompt_mode must be one of 'replace', 'add'"),
-        ({"prompts": [z(4, 8)]}, TypeError, "a tensor or a mapping"),
+        ({"prompts": [z(4, 8)]}, TypeError, "a tensor, a function or a mapping"),
         ({"prompts": {3: z(4, 8)}}, ValueError, "block index 3 is out of range"),
         ({"prompts": {"0": z(4, 8)}}, TypeError, "keyed by block index"),
         ({"prompts": torch.zeros(4, 8, dtype=torch.float32)}, TypeError, "dtype torch.float64"),

@@ -23,6 +23,7 @@ from .._checks import (
     check_input,
     check_num_classes,
     check_output_fmt,
+    check_per_block,
     check_positive_ints,
 )
 from ..base import BackboneOutput, MammothBackbone, ReturnType, check_returnt, feature_take_indices
@@ -144,28 +145,6 @@ class _CallInputs(NamedTuple):
     values: dict[int, Tensor]
     prompt_mode: str
     prompt_pos: Tensor | None
-
-
-def _per_block(value: object, depth: int, name: str, *, tensor_means_block_0: bool = False) -> dict[int, Any]:
-    """``{block index: value}`` from a mapping (None values dropped), a lone tensor (block 0) or None."""
-    if value is None:
-        return {}
-    if tensor_means_block_0 and isinstance(value, Tensor):
-        return {0: value}
-    if not isinstance(value, Mapping):
-        expected = (
-            "a tensor or a mapping {block index: tensor}" if tensor_means_block_0 else "a mapping {block index: ...}"
-        )
-        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}")
-    out = {}
-    for index, item in value.items():
-        if isinstance(index, bool) or not isinstance(index, int):
-            raise TypeError(f"{name} must be keyed by block index (int), got {index!r}")
-        if not 0 <= index < depth:
-            raise ValueError(f"{name}: block index {index} is out of range for a model of {depth} blocks")
-        if item is not None:
-            out[index] = item
-    return out
 
 
 def _check_like(t: object, ref: Tensor, what: str) -> Tensor:
@@ -665,7 +644,7 @@ class VisionTransformer(MammothBackbone):
         if prompt_mode not in PROMPT_MODES:
             raise ValueError(f"prompt_mode must be one of {', '.join(map(repr, PROMPT_MODES))}, got {prompt_mode!r}")
         batch, depth, dim = x.shape[0], len(self.blocks), self.feature_dim
-        given = _per_block(prompts, depth, "prompts", tensor_means_block_0=True)
+        given = check_per_block(prompts, depth, "prompts", lone_means_block_0=True)
         checked: dict[int, PromptSource] = {
             i: t
             if callable(t) and not isinstance(t, Tensor)
@@ -680,13 +659,13 @@ class VisionTransformer(MammothBackbone):
                 checked[i] = attached.tokens[k].expand(batch, -1, -1)
         pre = {
             i: _batched(t, batch, (2, None, dim), self.cls_token, f"prefixes for block {i}")
-            for i, t in _per_block(prefixes, depth, "prefixes").items()
+            for i, t in check_per_block(prefixes, depth, "prefixes").items()
         }
         offsets = {
             i: _batched(t, batch, (dim,), self.cls_token, f"values for block {i}")
-            for i, t in _per_block(values, depth, "values").items()
+            for i, t in check_per_block(values, depth, "values").items()
         }
-        deltas = {i: self._block_deltas(i, d, batch) for i, d in _per_block(ab, depth, "AB").items()}
+        deltas = {i: self._block_deltas(i, d, batch) for i, d in check_per_block(ab, depth, "AB").items()}
         position = self._prompt_pos(prompt_pos, checked.get(0))
         return _CallInputs(checked, pre, {i: d for i, d in deltas.items() if d}, offsets, prompt_mode, position)
 
