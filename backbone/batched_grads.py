@@ -125,7 +125,9 @@ def forward_recording(
         # the output whose gradient is read here.
         return output.clone()
 
-    handles = [layer.register_forward_hook(record) for layer in wanted]
+    # First among the layer's hooks: what is recorded is the layer's own output, before a tuning site's hook adds
+    # to it or scales it (an SSF, a sequential adapter).
+    handles = [layer.register_forward_hook(record, prepend=True) for layer in wanted]
     try:
         out = functional_call(module, values, (inputs,), tie_weights=False, strict=False)
     finally:

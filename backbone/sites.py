@@ -18,6 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -123,6 +124,7 @@ def _site_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
     if lora is not None and not cast(Any, lora).merged:
         out = out + lora(x)
     for delta in mine:
+        _check_batch(delta, x.shape[0], module)
         out = out + low_rank_delta(x, *delta)
     if "ssf" in hooks:
         out = hooks["ssf"](out)
@@ -143,6 +145,22 @@ def check_attachable(name: str, layer: nn.Module, what: str) -> None:
         raise ValueError(
             f"{what}: {name} has a 'tuning' attribute of its own, where a site keeps its hooks; pick a layer inside "
             "it (for the package's ViT blocks, blocks= attaches the AdaptFormer adapter)"
+        )
+
+
+def _check_batch(delta: Delta, batch: int, layer: nn.Module) -> None:
+    """A call's delta must broadcast against ``[batch, 1]`` (one per sample, or one for all)."""
+    a, b = delta
+    leading = [tuple(b.shape[:-2])] + ([] if a is None else [tuple(a.shape[:-2])])
+    try:
+        fits = torch.broadcast_shapes((batch, 1), *leading)[0] == batch  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        fits = False
+    if not fits:
+        shapes = ", ".join(str(s) for s in leading)
+        raise ValueError(
+            f"a call's AB delta for {type(layer).__name__} has leading dimensions {shapes}, which do not broadcast "
+            f"against the batch [{batch}, 1]"
         )
 
 

@@ -88,11 +88,13 @@ def _delta(given: object, layer: nn.Linear, what: str) -> tuple[Tensor | None, T
     return a, b
 
 
-def _batched(t: Tensor, batch: int, tail: tuple[int | None, ...], what: str) -> Tensor:
-    """``t`` as ``[batch, *tail]`` from ``[batch, *tail]``, ``[1, *tail]`` or ``tail`` (None: any size)."""
+def _batched(t: Tensor, batch: int, tail: tuple[int | None, ...], what: str, *, empty: bool = True) -> Tensor:
+    """``t`` as ``[batch, *tail]`` from ``[batch, *tail]``, ``[1, *tail]`` or ``tail`` (None: any size; > 0 unless
+    ``empty``)."""
     shape = (1, *t.shape) if t.dim() == len(tail) else tuple(t.shape)
+    least = 0 if empty else 1
     fits = len(shape) == len(tail) + 1 and shape[0] in (1, batch)
-    fits = fits and all(want is None or s == want for s, want in zip(shape[1:], tail, strict=False))
+    fits = fits and all(s >= least if want is None else s == want for s, want in zip(shape[1:], tail, strict=False))
     if not fits:
         dims = ", ".join("L" if want is None else str(want) for want in tail)
         raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}], got shape {tuple(t.shape)}")
@@ -243,7 +245,7 @@ def _attention_with(attn: nn.Module, prefix: Tensor | None, value: Tensor | None
             v = v + _batched(value, batch, (heads * head_dim,), "values").reshape(batch, heads, 1, head_dim)
         if prefix is not None:
             pk, pv = (
-                _batched(prefix, batch, (2, None, heads * head_dim), "prefixes")
+                _batched(prefix, batch, (2, None, heads * head_dim), "prefixes", empty=False)
                 .reshape(batch, 2, -1, heads, head_dim)
                 .permute(1, 0, 3, 2, 4)
             )

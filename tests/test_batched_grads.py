@@ -316,3 +316,19 @@ def test_a_vit_tuned_by_lora_takes_one_batched_pass_with_the_loops_rows() -> Non
     assert trainable  # the factors have rows
     net.cls_token.requires_grad_(True)  # a parameter outside any layer with a rule: another way, the same rows
     assert_close(per_sample_grads(net, F.cross_entropy, x, y, select="trainable"), loop_rows(net, x, y, "trainable"))
+
+
+def test_a_trained_layer_whose_site_scales_its_output_is_differentiated_at_its_own_output() -> None:
+    """An SSF or a sequential adapter on a trained layer's site (found by the second red team)."""
+    torch.manual_seed(8)
+    net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.LayerNorm(6), nn.Linear(6, 3))
+    backbone.add_ssf(net, target_modules=["0", "2"])
+    backbone.add_adapters(net, 2, target_modules=["3"], mode="sequential")
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if ".tuning." in name:
+                p.normal_(0, 0.5)
+                p.requires_grad_(False)  # frozen hooks, trained layers: the batched way is taken
+    x, y = torch.randn(5, 4), torch.randint(0, 3, (5,))
+    rows = per_sample_grads(net, F.cross_entropy, x, y, select="trainable")
+    assert_close(rows, loop_rows(net, x, y, "trainable"))

@@ -450,3 +450,17 @@ def test_hooks_attached_inside_inference_mode_can_be_trained() -> None:
     assert not any(p.is_inference() for m in made for p in m.parameters())
     net(x).sum().backward()
     assert made[0].B.grad is not None
+
+
+def test_call_inputs_refuse_at_the_call_what_does_not_fit_the_batch() -> None:
+    net, x = tiny(), images()
+    with (
+        pytest.raises(ValueError, match=r"do not broadcast against the batch \[3, 1\]"),
+        call_inputs(net, AB={0: {"qkv": randn(2, 1, 3 * DIM, DIM)}}),
+    ):
+        net(x)
+    with (
+        pytest.raises(ValueError, match=r"prefixes must be \[3, 2, L, 8\] or \[2, L, 8\]"),
+        call_inputs(net, prefixes={0: randn(3, 2, 0, DIM)}),
+    ):
+        net(x)
