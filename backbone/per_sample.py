@@ -10,6 +10,31 @@ the model allows it (:mod:`backbone.batched_grads`), else vectorised with
 ``vmap``, else one example at a time; every way gives the loop's rows, and
 nothing of the module changes. The Flat vectors page says what is put back
 and where each way applies.
+
+How the module is evaluated: in the mode it is in, with its buffers as they
+are, and nothing is written to it: parameters (the objects and their
+values), gradients, modes, buffers (the objects and their values), the
+random number generator's state and whatever a forward sets as an attribute
+of the module or a submodule (a ResNet's pre-activation taps, a counter) are
+as they were after the call; lists, dicts and sets held as attributes get
+their old items back (a forward that appends features to a list leaves it
+as it was). Objects nested deeper, and tensors other than buffers changed in
+place, are not restored. Inside ``torch.nn.utils.parametrize.cached()``,
+parametrized weights are computed afresh for each example, not taken from
+the cache. Batch normalisation in training mode is refused, naming the
+layer: its output for one example would depend on the others in the batch
+(and on a batch of one, it is undefined). Call ``module.eval()`` first.
+Dropout in training mode draws a different mask for each example, as a loop
+over examples would (but not the same masks as such a loop); a module that
+updates its buffers in training mode (spectral norm's power iteration)
+computes from them as they were, and they are put back.
+
+The gradient is the loss's with respect to the parameters *as the forward
+uses them*: a ``loss_fn`` that reads the module's parameters itself (an L2
+pull towards an anchor) sees them as constants, and hooks registered on the
+parameter tensors do not run (hooks on modules do, and see each ``.grad`` as
+it was before the call). A model or loss that fails on one example is a
+:class:`ValueError` naming the exception it raised.
 """
 
 from __future__ import annotations

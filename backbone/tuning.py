@@ -1,27 +1,31 @@
-"""Small modules that tune part of a pretrained Vision Transformer, and the calls that attach them.
+"""Small modules that tune part of a pretrained model, and the calls that attach them.
 
-Each hook is an ordinary ``nn.Module`` that lives inside the model, under a
-``tuning`` container (``blocks.{i}.tuning`` for the per-block hooks,
-``tuning`` for the prompt tokens), so that its parameters are the model's,
-they follow ``.to()`` and ``state_dict``, and their names are easy to pick
-out: every tuning parameter's name starts with ``tuning.`` or contains
-``.tuning.``. A model with nothing attached has empty containers, which hold
-no parameters and add no ``state_dict`` keys.
+Each hook is an ordinary ``nn.Module`` that lives inside the model, in a
+``tuning`` container: the one of the layer it acts on for a LoRA, an SSF or
+an adapter picked by name (``blocks.0.attn.qkv.tuning.lora``, on any model,
+applied by one forward hook on that layer; see :mod:`backbone.sites`), the
+package ViT's ``blocks.{i}.tuning`` for its AdaptFormer adapters and its
+``tuning`` for prompt tokens. Its parameters are the model's: they follow
+``.to()`` and ``state_dict``, the host's own keys do not change, and their
+names are easy to pick out: every tuning parameter's name starts with
+``tuning.`` or contains ``.tuning.``. A model with nothing attached has no
+site containers and empty ViT containers, which hold no parameters and add
+no ``state_dict`` keys.
 
-* :class:`~backbone.LoRA`: a low-rank delta ``scale * B @ A`` added to a linear layer
-  (``qkv``, ``proj``, ``fc1``, ``fc2``), with :func:`~backbone.merge_lora` /
-  :func:`~backbone.unmerge_lora`.
+* :class:`~backbone.LoRA`: a low-rank delta ``scale * B @ A`` added to an
+  ``nn.Linear``, with :func:`~backbone.merge_lora` / :func:`~backbone.unmerge_lora`.
 * :class:`~backbone.Adapter`: a bottleneck MLP beside (``'parallel'``) or after
-  (``'sequential'``) each chosen block's MLP.
-* :class:`~backbone.SSF`: a learned scale and shift after chosen operations.
+  (``'sequential'``) a block's MLP, or any module picked by name.
+* :class:`~backbone.SSF`: a learned scale and shift after chosen layers.
 * :class:`~backbone.PromptTokens`: learned tokens put after the class token, before
-  chosen blocks (shallow: before block 0; deep: before several).
+  chosen blocks of the package's ViT (shallow: before block 0; deep: before several).
 
 :func:`~backbone.freeze_base` then leaves only these (and optionally the head)
 trainable, so that the flat operations with ``select="trainable"`` cover
-exactly them. Prompts chosen per sample, prefixes and Mammoth's ``AB`` deltas
-are passed at the call instead: see :meth:`VisionTransformer.forward
-<backbone.VisionTransformer.forward>`.
+exactly them. Prompts chosen per sample, prefixes, value offsets and
+Mammoth's ``AB`` deltas are passed at the call instead: see
+:meth:`VisionTransformer.forward <backbone.VisionTransformer.forward>` and,
+for a timm ViT, :func:`~backbone.call_inputs`.
 """
 
 from __future__ import annotations
