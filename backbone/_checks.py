@@ -228,3 +228,55 @@ def check_per_block(value: object, depth: int, name: str, *, lone_means_block_0:
         if item is not None:
             out[index] = item
     return out
+
+
+def check_like(t: object, ref: Tensor, what: str) -> Tensor:
+    """Raise unless ``t`` is a dense floating-point tensor in ``ref``'s dtype (or autocast's) and on its device.
+
+    Example:
+        >>> import torch
+        >>> from backbone._checks import check_like
+        >>> check_like(torch.zeros(2, dtype=torch.float64), torch.zeros(1), "prompts")
+        Traceback (most recent call last):
+        ...
+        TypeError: prompts must have the model's dtype torch.float32, got torch.float64
+    """
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
+    if t.layout != torch.strided or t.is_nested:
+        got = "a nested tensor" if t.is_nested else f"layout {t.layout}"
+        raise TypeError(f"{what} must be a dense (strided) tensor, got {got}")
+    if not t.is_floating_point():
+        raise TypeError(f"{what} must be floating point, got {t.dtype}")
+    allowed = allowed_dtypes(ref)
+    if t.dtype not in allowed:
+        names = " or ".join(str(d) for d in allowed)
+        raise TypeError(f"{what} must have the model's dtype {names}, got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{what} must be on the model's device {ref.device}, got {t.device}")
+    return t
+
+
+def check_batched(
+    t: object, batch: int, tail: tuple[int | None, ...], ref: Tensor, what: str, *, empty: bool = False
+) -> Tensor:
+    """``t`` (checked by :func:`check_like`) as ``[batch, *tail]``, from ``[batch, *tail]``, ``[1, *tail]`` or
+    ``tail``; a None in ``tail`` is any size L > 0 (L >= 0 with ``empty``).
+
+    Example:
+        >>> import torch
+        >>> from backbone._checks import check_batched
+        >>> check_batched(torch.zeros(5, 8), 3, (None, 8), torch.zeros(1), "prompts").shape
+        torch.Size([3, 5, 8])
+    """
+    t = check_like(t, ref, what)
+    given = tuple(t.shape)
+    shape = (1, *given) if len(given) == len(tail) else given
+    least = 0 if empty else 1
+    fits = len(shape) == len(tail) + 1 and shape[0] in (1, batch)
+    fits = fits and all(s >= least if want is None else s == want for s, want in zip(shape[1:], tail, strict=False))
+    if not fits:
+        dims = ", ".join("L" if want is None else str(want) for want in tail)
+        bound = "with L >= 0" if empty else "with L > 0" if None in tail else ""
+        raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}] {bound}, got shape {given}".replace(" ,", ","))
+    return t.reshape(shape).expand(batch, *shape[1:])

@@ -22,6 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn import functional as F
+from torch.nn.modules import module as torch_module
+
+from .sites import is_site_hook
 
 #: Modules without parameters that act on each example alone (the rows of a batch never meet).
 _PER_EXAMPLE: tuple[type[nn.Module], ...] = (
@@ -70,10 +73,6 @@ def applies(
     """
     if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
         return False
-    from torch.nn.modules import module as torch_module
-
-    from .sites import is_site_hook
-
     global_hooks = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
     if any(getattr(torch_module, name, None) for name in (*global_hooks, "_global_backward_pre_hooks")):
         return False

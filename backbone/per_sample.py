@@ -483,9 +483,9 @@ def _rows(
         if targets.is_inference():
             targets = targets.clone()
     batched = None
-    trained = _trained_ids(module, differentiated)
+    trained = {id(p) for name, p in zip(every_names, every_params, strict=True) if name in differentiated}
     if batch is not None and differentiated and batched_grads.applies(module, _PER_EXAMPLE_MODELS, trained, (LoRA,)):
-        batched = _batched_chunks(module, differentiated, fixed, batch)
+        batched = _batched_chunks(module, differentiated, fixed, batch, trained)
     one_by_one = functools.partial(_one_by_one, example_fn, with_aux)
     vectorised = None
     if _vectorises_well(module):
@@ -564,14 +564,12 @@ _PER_EXAMPLE_MODELS: tuple[type[nn.Module], ...] = (
 )
 
 
-def _trained_ids(module: nn.Module, differentiated: dict[str, Tensor]) -> set[int]:
-    """The ids of the module's own parameter objects whose gradients are wanted."""
-    every_names, every_params = walk(module)
-    return {id(p) for name, p in zip(every_names, every_params, strict=True) if name in differentiated}
-
-
 def _batched_chunks(
-    module: nn.Module, differentiated: dict[str, Tensor], fixed: dict[str, Tensor], batch_losses: BatchLosses
+    module: nn.Module,
+    differentiated: dict[str, Tensor],
+    fixed: dict[str, Tensor],
+    batch_losses: BatchLosses,
+    owned: set[int],
 ) -> Callable[[Tensor, Tensor, Callable[[Tensor | None], Tensor] | None], tuple[dict[str, Tensor], Tensor | None]]:
     """A function computing one chunk in one batched forward and backward (see :mod:`.batched_grads`).
 
@@ -584,7 +582,6 @@ def _batched_chunks(
         leaves = {name: t.detach().requires_grad_() for name, t in differentiated.items()}
     values = {slot: {**fixed, **leaves}[name] for slot, name in slots} | buffers
     names = {id(t): name for name, t in leaves.items()}
-    owned = _trained_ids(module, leaves)
     wanted: set[nn.Module] = {
         m
         for m in module.modules()

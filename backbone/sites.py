@@ -22,7 +22,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["is_site_hook", "low_rank_delta", "select_sites"]
+from ._checks import check_like
+
+__all__ = ["check_delta", "is_site_hook", "low_rank_delta", "select_sites"]
 
 Targets = str | Sequence[str]
 
@@ -148,20 +150,71 @@ def check_attachable(name: str, layer: nn.Module, what: str) -> None:
         )
 
 
-def _check_batch(delta: Delta, batch: int, layer: nn.Module) -> None:
-    """A call's delta must broadcast against ``[batch, 1]`` (one per sample, or one for all)."""
+def _leading(delta: Delta) -> list[tuple[int, ...]]:
     a, b = delta
-    leading = [tuple(b.shape[:-2])] + ([] if a is None else [tuple(a.shape[:-2])])
+    return [tuple(b.shape[:-2])] + ([] if a is None else [tuple(a.shape[:-2])])
+
+
+def _fits_batch(delta: Delta, batch: int) -> bool:
+    """Whether a delta's leading dimensions broadcast against ``[batch, 1]`` (one per sample, or one for all)."""
     try:
-        fits = torch.broadcast_shapes((batch, 1), *leading)[0] == batch  # type: ignore[no-untyped-call]
+        return bool(torch.broadcast_shapes((batch, 1), *_leading(delta))[0] == batch)  # type: ignore[no-untyped-call]
     except RuntimeError:
-        fits = False
-    if not fits:
-        shapes = ", ".join(str(s) for s in leading)
+        return False
+
+
+def _check_batch(delta: Delta, batch: int, layer: nn.Module) -> None:
+    if not _fits_batch(delta, batch):
+        shapes = ", ".join(str(s) for s in _leading(delta))
         raise ValueError(
             f"a call's AB delta for {type(layer).__name__} has leading dimensions {shapes}, which do not broadcast "
             f"against the batch [{batch}, 1]"
         )
+
+
+def check_delta(given: object, layer: nn.Linear, what: str, batch: int | None = None) -> Delta:
+    """One layer's ``AB`` entry as ``(A or None, B)``: a tensor ``B``, ``{"B": B}`` or ``{"A": A, "B": B}``.
+
+    The shapes are checked against the layer, and against the batch when it
+    is known (else when the layer runs).
+
+    Raises:
+        TypeError: a factor is not a dense tensor of the layer's dtype.
+        ValueError: other keys, or shapes that do not fit.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from backbone.sites import check_delta
+        >>> a, b = check_delta({"A": torch.zeros(2, 4), "B": torch.zeros(3, 2)}, nn.Linear(4, 3), "AB[0]['qkv']", 5)
+        >>> a.shape, b.shape
+        (torch.Size([2, 4]), torch.Size([3, 2]))
+    """
+    if isinstance(given, Mapping):
+        if set(given) - {"A", "B"} or "B" not in given:
+            keys = sorted(map(str, given))
+            raise ValueError(f"{what} must be a tensor, {{'B': B}} or {{'A': A, 'B': B}}, got keys {keys}")
+        a, b = given.get("A"), given["B"]
+    else:
+        a, b = None, given
+    weight = layer.weight
+    b = check_like(b, weight, f"{what}'s B")
+    a = None if a is None else check_like(a, weight, f"{what}'s A")
+    out_features, in_features = layer.out_features, layer.in_features
+    if a is None:
+        fits = 2 <= b.dim() <= 4 and tuple(b.shape[-2:]) == (out_features, in_features)
+        expected = f"[..., {out_features}, {in_features}]"
+    else:
+        fits = 2 <= a.dim() <= 4 and 2 <= b.dim() <= 4 and a.shape[-1] == in_features
+        fits = fits and tuple(b.shape[-2:]) == (out_features, a.shape[-2])
+        expected = f"A [..., r, {in_features}] and B [..., {out_features}, r]"
+    if batch is not None:
+        fits = fits and _fits_batch((a, b), batch)
+        expected += f", with leading dimensions that broadcast against [{batch}, 1]"
+    if not fits:
+        shapes = f"B {tuple(b.shape)}" + ("" if a is None else f", A {tuple(a.shape)}")
+        raise ValueError(f"{what} must be {expected}; got {shapes}")
+    return a, b
 
 
 def attach(layer: nn.Module, key: str, hook: nn.Module) -> None:

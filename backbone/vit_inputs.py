@@ -19,8 +19,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from ._checks import check_module, check_per_block
-from .sites import call_deltas
+from ._checks import check_batched, check_like, check_module, check_per_block
+from .sites import call_deltas, check_delta
 
 __all__ = ["call_inputs"]
 
@@ -47,58 +47,6 @@ def _blocks(model: nn.Module) -> tuple[nn.Module, list[nn.Module]]:
         f"call_inputs needs a ViT with timm's block layout (blocks[i].attn.qkv/proj, blocks[i].mlp.fc1/fc2), got "
         f"{type(model).__name__}; the package's VisionTransformer takes these inputs as forward's keyword arguments"
     )
-
-
-def _tensor(t: object, what: str, ref: Tensor) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
-    if t.layout != torch.strided or t.is_nested:
-        got = "a nested tensor" if t.is_nested else str(t.layout)
-        raise TypeError(f"{what} must be a dense (strided) tensor, got {got}")
-    if t.dtype != ref.dtype:
-        raise TypeError(f"{what} must have the model's dtype {ref.dtype}, got {t.dtype}")
-    if t.device != ref.device:
-        raise ValueError(f"{what} must be on the model's device {ref.device}, got {t.device}")
-    return t
-
-
-def _delta(given: object, layer: nn.Linear, what: str) -> tuple[Tensor | None, Tensor]:
-    """An ``AB`` entry as ``(A or None, B)``, its shapes checked against the layer (the batch at the call)."""
-    if isinstance(given, Mapping):
-        if set(given) - {"A", "B"} or "B" not in given:
-            keys = sorted(map(str, given))
-            raise ValueError(f"{what} must be a tensor, {{'B': B}} or {{'A': A, 'B': B}}, got keys {keys}")
-        a, b = given.get("A"), given["B"]
-    else:
-        a, b = None, given
-    weight = layer.weight
-    b = _tensor(b, f"{what}'s B", weight)
-    a = None if a is None else _tensor(a, f"{what}'s A", weight)
-    out_features, in_features = layer.out_features, layer.in_features
-    if a is None:
-        fits = 2 <= b.dim() <= 4 and tuple(b.shape[-2:]) == (out_features, in_features)
-        expected = f"[..., {out_features}, {in_features}]"
-    else:
-        fits = 2 <= a.dim() <= 4 and 2 <= b.dim() <= 4 and a.shape[-1] == in_features
-        fits = fits and tuple(b.shape[-2:]) == (out_features, a.shape[-2])
-        expected = f"A [..., r, {in_features}] and B [..., {out_features}, r]"
-    if not fits:
-        shapes = f"B {tuple(b.shape)}" + ("" if a is None else f", A {tuple(a.shape)}")
-        raise ValueError(f"{what} must be {expected}; got {shapes}")
-    return a, b
-
-
-def _batched(t: Tensor, batch: int, tail: tuple[int | None, ...], what: str, *, empty: bool = True) -> Tensor:
-    """``t`` as ``[batch, *tail]`` from ``[batch, *tail]``, ``[1, *tail]`` or ``tail`` (None: any size; > 0 unless
-    ``empty``)."""
-    shape = (1, *t.shape) if t.dim() == len(tail) else tuple(t.shape)
-    least = 0 if empty else 1
-    fits = len(shape) == len(tail) + 1 and shape[0] in (1, batch)
-    fits = fits and all(s >= least if want is None else s == want for s, want in zip(shape[1:], tail, strict=False))
-    if not fits:
-        dims = ", ".join("L" if want is None else str(want) for want in tail)
-        raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}], got shape {tuple(t.shape)}")
-    return t.reshape(shape).expand(batch, *shape[1:])
 
 
 @contextlib.contextmanager
@@ -169,12 +117,13 @@ def call_inputs(
     given_prompts = check_per_block(prompts, depth, "prompts", lone_means_block_0=True)
     for i, p in given_prompts.items():
         if not callable(p) or isinstance(p, Tensor):
-            _tensor(p, f"prompts for block {i}", ref)
+            check_like(p, ref, f"prompts for block {i}")
     given_prefixes = {
-        i: _tensor(t, f"prefixes for block {i}", ref) for i, t in check_per_block(prefixes, depth, "prefixes").items()
+        i: check_like(t, ref, f"prefixes for block {i}")
+        for i, t in check_per_block(prefixes, depth, "prefixes").items()
     }
     given_values = {
-        i: _tensor(t, f"values for block {i}", ref) for i, t in check_per_block(values, depth, "values").items()
+        i: check_like(t, ref, f"values for block {i}") for i, t in check_per_block(values, depth, "values").items()
     }
     deltas: dict[nn.Module, tuple[Tensor | None, Tensor]] = {}
     for i, layers in check_per_block(AB, depth, "AB").items():
@@ -186,7 +135,7 @@ def call_inputs(
             if delta is None:
                 continue
             layer = cast(nn.Linear, blocks[i].get_submodule(_SITES[site]))
-            deltas[layer] = _delta(delta, layer, f"AB[{i}][{site!r}]")
+            deltas[layer] = check_delta(delta, layer, f"AB[{i}][{site!r}]")
     prefix_tokens = int(getattr(vit, "num_prefix_tokens", 1))
     state = {"prompted": 0}
     handles = []
@@ -198,9 +147,7 @@ def call_inputs(
                 state["prompted"] = 0
             source = given_prompts[index]
             made = source if isinstance(source, Tensor) else source(x)
-            prompt = _batched(
-                _tensor(made, f"prompts for block {index}", ref), x.shape[0], (None, dim), f"prompts for block {index}"
-            )
+            prompt = check_batched(made, x.shape[0], (None, dim), ref, f"prompts for block {index}", empty=True)
             present = state["prompted"]
             keep = x[:, prefix_tokens + present :] if prompt_mode == "replace" else x[:, prefix_tokens:]
             x = torch.cat([x[:, :prefix_tokens], prompt.to(x.dtype), keep], dim=1)
@@ -236,16 +183,17 @@ def _attention_with(attn: nn.Module, prefix: Tensor | None, value: Tensor | None
         if attn_mask is not None or is_causal:
             raise ValueError("prefixes and values are not supported together with an attention mask")
         a = cast(Any, attn)
+        ref = cast(Tensor, a.qkv.weight)
         batch, tokens, _ = x.shape
         head_dim = int(getattr(a, "head_dim", dim // heads))
         gate = a.gate(x).sigmoid() if getattr(a, "gate", None) is not None else None
         q, k, v = a.qkv(x).reshape(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
         q, k = getattr(a, "q_norm", nn.Identity())(q), getattr(a, "k_norm", nn.Identity())(k)
         if value is not None:
-            v = v + _batched(value, batch, (heads * head_dim,), "values").reshape(batch, heads, 1, head_dim)
+            v = v + check_batched(value, batch, (heads * head_dim,), ref, "values").reshape(batch, heads, 1, head_dim)
         if prefix is not None:
             pk, pv = (
-                _batched(prefix, batch, (2, None, heads * head_dim), "prefixes", empty=False)
+                check_batched(prefix, batch, (2, None, heads * head_dim), ref, "prefixes")
                 .reshape(batch, 2, -1, heads, head_dim)
                 .permute(1, 0, 3, 2, 4)
             )

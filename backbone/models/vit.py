@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .._checks import (
-    allowed_dtypes,
+    check_batched,
     check_bool,
     check_input,
     check_num_classes,
@@ -28,7 +28,7 @@ from .._checks import (
 )
 from ..base import BackboneOutput, MammothBackbone, ReturnType, check_returnt, feature_take_indices
 from ..registry import register_backbone
-from ..sites import call_deltas
+from ..sites import call_deltas, check_delta
 
 __all__ = [
     "VisionTransformer",
@@ -145,82 +145,6 @@ class _CallInputs(NamedTuple):
     values: dict[int, Tensor]
     prompt_mode: str
     prompt_pos: Tensor | None
-
-
-def _check_like(t: object, ref: Tensor, what: str) -> Tensor:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(t).__name__}")
-    if t.layout != torch.strided:
-        raise TypeError(f"{what} must be a dense (strided) tensor, got layout {t.layout}")
-    if not t.is_floating_point():
-        raise TypeError(f"{what} must be floating point, got {t.dtype}")
-    allowed = allowed_dtypes(ref)
-    if t.dtype not in allowed:
-        names = " or ".join(str(d) for d in allowed)
-        raise TypeError(f"{what} must have the model's dtype {names}, got {t.dtype}")
-    if t.device != ref.device:
-        raise ValueError(f"{what} must be on the model's device {ref.device}, got {t.device}")
-    return t
-
-
-def _batched(
-    t: object, batch: int, tail: tuple[int | None, ...], ref: Tensor, what: str, *, empty: bool = False
-) -> Tensor:
-    """``t`` as ``[batch, *tail]``, from ``[batch, *tail]``, ``[1, *tail]`` or ``tail`` (None: any size L > 0).
-
-    With ``empty``, L may be 0.
-    """
-    t = _check_like(t, ref, what)
-    given = tuple(t.shape)
-    shape = (1, *given) if len(given) == len(tail) else given
-    least = 0 if empty else 1
-    fits = len(shape) == len(tail) + 1 and shape[0] in (1, batch)
-    fits = fits and all(s >= least if want is None else s == want for s, want in zip(shape[1:], tail, strict=False))
-    if not fits:
-        dims = ", ".join("L" if want is None else str(want) for want in tail)
-        bound = "with L >= 0" if empty else "with L > 0" if None in tail else ""
-        raise ValueError(f"{what} must be [{batch}, {dims}] or [{dims}] {bound}, got shape {given}".replace(" ,", ","))
-    return t.reshape(shape).expand(batch, *shape[1:])
-
-
-def _delta(given: object, layer: nn.Linear, batch: int, what: str) -> _Delta:
-    """One layer's ``AB`` entry as ``(A or None, B)``, its shapes checked against the layer and the batch."""
-    if isinstance(given, Mapping):
-        unknown = set(given) - {"A", "B"}
-        if unknown or "B" not in given:
-            raise ValueError(
-                f"{what} must be a tensor, {{'B': B}} or {{'A': A, 'B': B}}, got keys {sorted(map(str, given))}"
-            )
-        a, b = given.get("A"), given["B"]
-    else:
-        a, b = None, given
-    weight = layer.weight
-    b = _check_like(b, weight, f"{what}'s B")
-    if a is not None:
-        a = _check_like(a, weight, f"{what}'s A")
-    out_features, in_features = layer.out_features, layer.in_features
-    if a is None:
-        fits, expected = (
-            2 <= b.dim() <= 4 and tuple(b.shape[-2:]) == (out_features, in_features),
-            f"[..., {out_features}, {in_features}]",
-        )
-    else:
-        rank = a.shape[-2] if a.dim() >= 2 else -1
-        fits = 2 <= a.dim() <= 4 and 2 <= b.dim() <= 4 and a.shape[-1] == in_features
-        fits = fits and tuple(b.shape[-2:]) == (out_features, rank)
-        expected = f"A [..., r, {in_features}] and B [..., {out_features}, r]"
-    leading = [tuple(b.shape[:-2])] + ([] if a is None else [tuple(a.shape[:-2])])
-    if fits:
-        try:
-            fits = torch.broadcast_shapes((batch, 1), *leading)[0] == batch  # type: ignore[no-untyped-call]
-        except RuntimeError:
-            fits = False
-    if not fits:
-        shapes = f"B {tuple(b.shape)}" + ("" if a is None else f", A {tuple(a.shape)}")
-        raise ValueError(
-            f"{what} must be {expected}, with leading dimensions that broadcast against [{batch}, 1]; got {shapes}"
-        )
-    return a, b
 
 
 class VisionTransformer(MammothBackbone):
@@ -594,7 +518,7 @@ class VisionTransformer(MammothBackbone):
             if prompt is not None:
                 if not isinstance(prompt, Tensor):
                     made = prompt(x)
-                    prompt = _batched(
+                    prompt = check_batched(
                         made, batch, (None, self.feature_dim), self.cls_token, f"the prompts made for block {i}",
                         empty=True,
                     )  # fmt: skip
@@ -648,7 +572,7 @@ class VisionTransformer(MammothBackbone):
         checked: dict[int, PromptSource] = {
             i: t
             if callable(t) and not isinstance(t, Tensor)
-            else _batched(t, batch, (None, dim), self.cls_token, f"prompts for block {i}", empty=True)
+            else check_batched(t, batch, (None, dim), self.cls_token, f"prompts for block {i}", empty=True)
             for i, t in given.items()
         }
         if "prompts" in self.tuning:
@@ -658,11 +582,11 @@ class VisionTransformer(MammothBackbone):
                     raise ValueError(f"prompts were given for block {i}, which has prompts attached (tuning.prompts)")
                 checked[i] = attached.tokens[k].expand(batch, -1, -1)
         pre = {
-            i: _batched(t, batch, (2, None, dim), self.cls_token, f"prefixes for block {i}")
+            i: check_batched(t, batch, (2, None, dim), self.cls_token, f"prefixes for block {i}")
             for i, t in check_per_block(prefixes, depth, "prefixes").items()
         }
         offsets = {
-            i: _batched(t, batch, (dim,), self.cls_token, f"values for block {i}")
+            i: check_batched(t, batch, (dim,), self.cls_token, f"values for block {i}")
             for i, t in check_per_block(values, depth, "values").items()
         }
         deltas = {i: self._block_deltas(i, d, batch) for i, d in check_per_block(ab, depth, "AB").items()}
@@ -680,7 +604,7 @@ class VisionTransformer(MammothBackbone):
                 raise ValueError(f"prompt_pos must be 'class', a tensor [L, D] or None, got {given!r}")
             return self.pos_embed[:, :1]
         length = first.shape[1] if isinstance(first, Tensor) else None
-        t = _batched(given, 1, (length, self.feature_dim), self.cls_token, "prompt_pos", empty=True)
+        t = check_batched(given, 1, (length, self.feature_dim), self.cls_token, "prompt_pos", empty=True)
         return t
 
     def _block_deltas(self, index: int, given: object, batch: int) -> dict[str, _Delta]:
@@ -693,7 +617,7 @@ class VisionTransformer(MammothBackbone):
             if site not in layers:
                 raise ValueError(f"AB[{index}] names layers out of {tuple(layers)}, got {site!r}")
             if delta is not None:
-                deltas[site] = _delta(delta, layers[site], batch, f"AB[{index}][{site!r}]")
+                deltas[site] = check_delta(delta, layers[site], f"AB[{index}][{site!r}]", batch)
         return deltas
 
     def _pool(self, x: Tensor, prompted: int) -> Tensor:
